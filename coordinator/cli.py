@@ -1,0 +1,324 @@
+"""``forgeone``: the command line for publishers, operators and plugin authors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from schemas.codec import DecodeError, from_obj, to_obj
+from schemas.errors import ForgeError, PackageRejected
+from schemas.manifest import Manifest
+from schemas.package import build_package, verify_package
+from schemas.signing import (
+    TrustStore,
+    generate_key,
+    key_id,
+    load_private_key,
+    save_private_key,
+)
+
+from .client import ForgeClient
+from .settings import CoordinatorSettings, env_default
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"forgeone: {message}", file=sys.stderr)
+    return code
+
+
+# --- offline commands ------------------------------------------------------------
+def cmd_keygen(a: argparse.Namespace) -> int:
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        return _fail(f"{out} exists (use --force to overwrite)")
+    key = generate_key()
+    save_private_key(key, out)
+    trust_path = Path(a.trust)
+    trust = TrustStore.load(trust_path) if trust_path.exists() else TrustStore()
+    trust.with_key(key.public_key(), a.name).save(trust_path)
+    print(f"key {key_id(key.public_key())} written to {out}; trusted in {trust_path}")
+    return 0
+
+
+def pack_manifest(source: dict[str, Any], wasm: bytes) -> Manifest:
+    """A manifest from a plugin's source ``forge.json`` plus the module's digest."""
+    obj = {**source, "wasm_sha256": hashlib.sha256(wasm).hexdigest()}
+    obj.pop("$schema", None)
+    return from_obj(Manifest, obj)
+
+
+def cmd_pack(a: argparse.Namespace) -> int:
+    try:
+        source = json.loads(Path(a.manifest).read_text())
+        wasm = Path(a.wasm).read_bytes()
+        manifest = pack_manifest(source, wasm)
+    except (OSError, ValueError, DecodeError) as e:
+        return _fail(f"cannot pack: {e}")
+    key = load_private_key(Path(a.key))
+    data = build_package(manifest, wasm, key)
+    try:  # refuse to write a package no worker would load
+        verify_package(data, TrustStore().with_key(key.public_key()))
+    except PackageRejected as e:
+        return _fail(f"package would be rejected: {e.message}")
+    out = Path(a.out or f"{manifest.name}-{manifest.version}.forgepkg")
+    out.write_bytes(data)
+    print(f"packed {manifest.name}@{manifest.version} -> {out} ({len(data)} bytes, "
+          f"signed by {key_id(key.public_key())})")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    try:
+        data = Path(a.package).read_bytes()
+        trust = TrustStore.load(Path(a.trust))
+        pkg = verify_package(data, trust)
+    except (OSError, ValueError) as e:
+        return _fail(str(e))
+    except PackageRejected as e:
+        return _fail(f"REJECTED: {e.message}")
+    m = pkg.manifest
+    print(f"OK {m.name}@{m.version} abi={m.abi} signed-by={pkg.key_id} digest={pkg.digest}")
+    print(f"   exports: {', '.join(m.exports)}; permissions: {', '.join(m.permissions) or '-'}")
+    return 0
+
+
+# --- commands that talk to the cluster ---------------------------------------------
+async def _with_client(a: argparse.Namespace,
+                       body: Callable[[ForgeClient], Awaitable[int]]) -> int:
+    client = await ForgeClient.connect(a.nats_url, a.prefix, a.creds, persistent=False)
+    try:
+        return await body(client)
+    finally:
+        await client.close()
+
+
+async def cmd_deploy(a: argparse.Namespace) -> int:
+    data = Path(a.package).read_bytes()
+    config = dict(_pairs(a.config, "--config"))
+
+    async def body(c: ForgeClient) -> int:
+        reply = await c.deploy(data, config)
+        v = reply.record.active()
+        print(f"deployed {reply.record.plugin}@{v.version} digest={v.digest[:16]} "
+              f"revision={reply.revision}")
+        return 0
+
+    return await _with_client(a, body)
+
+
+async def cmd_undeploy(a: argparse.Namespace) -> int:
+    async def body(c: ForgeClient) -> int:
+        await c.undeploy(a.plugin)
+        print(f"undeployed {a.plugin}")
+        return 0
+
+    return await _with_client(a, body)
+
+
+async def cmd_list(a: argparse.Namespace) -> int:
+    async def body(c: ForgeClient) -> int:
+        plugins = await c.list()
+        if a.json:
+            print(json.dumps([to_obj(p) for p in plugins], default=_json_default, indent=2))
+            return 0
+        if not plugins:
+            print("no plugins deployed")
+        for p in plugins:
+            v = p.record.active()
+            print(f"{p.record.plugin:<20} {v.version:<10} ready on {len(p.ready_workers)} "
+                  f"worker(s)  fns: {', '.join(v.manifest.exports)}")
+            for w, err in p.failed_workers.items():
+                print(f"    FAILED on {w}: {err}")
+        return 0
+
+    return await _with_client(a, body)
+
+
+async def cmd_workers(a: argparse.Namespace) -> int:
+    async def body(c: ForgeClient) -> int:
+        workers = await c.workers()
+        if a.json:
+            print(json.dumps([to_obj(w) for w in workers], default=_json_default, indent=2))
+            return 0
+        if not workers:
+            print("no workers")
+        for w in workers:
+            plugins = ", ".join(f"{p.plugin}@{p.version}" + ("" if p.state == "ready" else
+                                                              f"({p.state})") for p in w.plugins)
+            labels = ",".join(f"{k}={v}" for k, v in w.labels.items()) or "-"
+            print(f"{w.worker_id:<24} slots {w.slots_busy}/{w.slots_total}  calls "
+                  f"{w.calls_total}  rss {w.rss_bytes // (1024 * 1024)}MiB  labels {labels}  "
+                  f"plugins: {plugins or '-'}")
+        return 0
+
+    return await _with_client(a, body)
+
+
+async def cmd_invoke(a: argparse.Namespace) -> int:
+    if a.file:
+        data = Path(a.file).read_bytes()
+    elif a.data == "-" or (a.data is None and not sys.stdin.isatty()):
+        data = sys.stdin.buffer.read()
+    else:
+        data = (a.data or "").encode()
+
+    async def body(c: ForgeClient) -> int:
+        result = await c.invoke_result(a.plugin, a.fn, data, a.timeout, a.version)
+        if a.json:
+            print(json.dumps(to_obj(result), default=_json_default))
+        elif result.ok:
+            sys.stdout.buffer.write(result.output)
+            if sys.stdout.isatty() and not result.output.endswith(b"\n"):
+                sys.stdout.write("\n")
+        if not result.ok:
+            assert result.error is not None
+            raise result.error.to_exception()
+        return 0
+
+    return await _with_client(a, body)
+
+
+def cmd_coordinator(a: argparse.Namespace) -> int:
+    from .service import run_coordinator
+
+    _setup_logging()
+    settings = CoordinatorSettings(
+        nats_url=a.nats_url, prefix=a.prefix, trust_store=Path(a.trust), replicas=a.replicas,
+        status_host=a.status_host, status_port=a.status_port, credentials=a.creds)
+    return uvloop.run(run_coordinator(settings))
+
+
+def cmd_dev(a: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    return run_dev(a)
+
+
+# --- plumbing ----------------------------------------------------------------------
+def _json_default(o: object) -> Any:
+    if isinstance(o, bytes):
+        try:
+            return o.decode()
+        except UnicodeDecodeError:
+            return o.hex()
+    return str(o)
+
+
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"forgeone: {flag} {item!r}: expected key=value")
+        out.append((k, v))
+    return out
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forgeone", description="Run untrusted WebAssembly plugins "
+                                "on a cluster of workers joined by NATS.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def bus(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--nats-url", default=env_default("FORGE_NATS_URL", DEFAULT_URL),
+                        help="NATS server URL(s), comma-separated (env FORGE_NATS_URL)")
+        sp.add_argument("--prefix", default=env_default("FORGE_PREFIX", "forge"))
+        sp.add_argument("--creds", default=os.environ.get("FORGE_NATS_CREDS"),
+                        help="NATS credentials file (env FORGE_NATS_CREDS)")
+        return sp
+
+    trust_default = env_default("FORGE_TRUST", "trust.json")
+
+    s = sub.add_parser("keygen", help="create a signing key and trust it")
+    s.add_argument("--out", default="signing.key", help="private key file to write")
+    s.add_argument("--trust", default=trust_default, help="trust store to add the key to")
+    s.add_argument("--name", default="", help="who holds the key")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("pack", help="build and sign a .forgepkg")
+    s.add_argument("--manifest", required=True, help="the plugin's forge.json")
+    s.add_argument("--wasm", required=True, help="the compiled module")
+    s.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
+    s.add_argument("-o", "--out", help="output file (default NAME-VERSION.forgepkg)")
+    s.set_defaults(func=cmd_pack)
+
+    s = sub.add_parser("verify", help="check a package against a trust store")
+    s.add_argument("package")
+    s.add_argument("--trust", default=trust_default)
+    s.set_defaults(func=cmd_verify)
+
+    s = bus(sub.add_parser("deploy", help="upload and deploy a package"))
+    s.add_argument("package")
+    s.add_argument("--config", action="append", default=[], help="deployment config k=v")
+    s.set_defaults(func=cmd_deploy)
+
+    s = bus(sub.add_parser("undeploy", help="remove a plugin's deployment"))
+    s.add_argument("plugin")
+    s.set_defaults(func=cmd_undeploy)
+
+    s = bus(sub.add_parser("list", help="deployed plugins and where they run"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_list)
+
+    s = bus(sub.add_parser("workers", help="live workers"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_workers)
+
+    s = bus(sub.add_parser("invoke", help="call a plugin function"))
+    s.add_argument("plugin")
+    s.add_argument("fn")
+    s.add_argument("data", nargs="?", help="payload; '-' reads stdin")
+    s.add_argument("-f", "--file", help="read the payload from a file")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    s.add_argument("--version", help="pin a plugin version")
+    s.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    s.set_defaults(func=cmd_invoke)
+
+    s = bus(sub.add_parser("coordinator", help="run the coordinator service"))
+    s.add_argument("--trust", default=trust_default)
+    s.add_argument("--replicas", type=int, default=int(env_default("FORGE_REPLICAS", "1")))
+    s.add_argument("--status-host", default=env_default("FORGE_STATUS_HOST", "127.0.0.1"))
+    s.add_argument("--status-port", type=int, default=int(env_default("FORGE_STATUS_PORT", "0")))
+    s.set_defaults(func=cmd_coordinator)
+
+    s = sub.add_parser("dev", help="run a local cluster: NATS, coordinator, workers, examples")
+    s.add_argument("--dir", default=".forge/dev", help="state folder (keys, NATS data, caches)")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--port", type=int, default=4222, help="NATS client port")
+    s.add_argument("--plugins", default="plugins", help="folder of example plugins")
+    s.add_argument("--once", action="store_true",
+                   help="stop after the example calls instead of serving until Ctrl-C")
+    s.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = uvloop.run(result)
+        code = int(result or 0)
+    except ForgeError as e:
+        code = _fail(str(e))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,175 @@
+"""The client library services use: invoke plugins, and administer deployments.
+
+    client = await ForgeClient.connect("nats://127.0.0.1:4222")
+    out = await client.invoke("echo", "upper", b"hello", timeout=2.0)
+
+Every failure is a :class:`schemas.errors.ForgeError` subclass; no nats-py
+exception reaches the caller.
+"""
+
+from __future__ import annotations
+
+import nats
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from schemas.codec import DecodeError, Message, decode, decode_any, encode
+from schemas.errors import (
+    BadRequest,
+    ForgeError,
+    InternalError,
+    NoWorkers,
+    PluginNotFound,
+    Timeout,
+    Unavailable,
+)
+from schemas.messages import (
+    HEADER_TIMEOUT_MS,
+    HEADER_TRACEPARENT,
+    HEADER_VERSION,
+    CallResult,
+    DeployReply,
+    DeployRequest,
+    ErrorReply,
+    Heartbeat,
+    InvokeRequest,
+    ListReply,
+    ListRequest,
+    PluginStatus,
+    UndeployReply,
+    UndeployRequest,
+    WorkersReply,
+    WorkersRequest,
+)
+from schemas.package import package_digest
+from schemas.subjects import Subjects
+
+from .connection import connect
+
+#: Extra time the client waits beyond the call's own deadline, so that the
+#: worker's TIMEOUT reply (rather than silence) is what the caller sees.
+REPLY_GRACE_S = 0.25
+ADMIN_TIMEOUT_S = 30.0
+
+
+class ForgeClient:
+    """A connection to a ForgeOne cluster."""
+
+    def __init__(self, nc: Client, prefix: str = "forge", owns_connection: bool = True) -> None:
+        self.nc = nc
+        self.subjects = Subjects(prefix)
+        self._owns = owns_connection
+        self._kv: KeyValue | None = None
+
+    @classmethod
+    async def connect(cls, url: str = "nats://127.0.0.1:4222", prefix: str = "forge",
+                      credentials: str | None = None, persistent: bool = True) -> ForgeClient:
+        """Connect to NATS; raises Unavailable when no server answers."""
+        return cls(await connect(url, "forge-client", credentials, persistent), prefix)
+
+    async def close(self) -> None:
+        if self._owns and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> ForgeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- calls ---------------------------------------------------------------
+    async def invoke(self, plugin: str, fn: str, data: bytes = b"", timeout: float = 5.0,
+                     version: str | None = None, traceparent: str | None = None) -> bytes:
+        """Call ``fn`` of ``plugin`` with ``data``; return its output or raise a ForgeError."""
+        result = await self.invoke_result(plugin, fn, data, timeout, version, traceparent)
+        if not result.ok:
+            assert result.error is not None
+            raise result.error.to_exception()
+        return result.output
+
+    async def invoke_result(self, plugin: str, fn: str, data: bytes = b"",
+                            timeout: float = 5.0, version: str | None = None,
+                            traceparent: str | None = None) -> CallResult:
+        """Like :meth:`invoke`, but return the whole result (worker, version, duration...)."""
+        if timeout <= 0:
+            raise BadRequest("timeout must be positive")
+        subject = self.subjects.invoke(plugin, fn)
+        headers = {HEADER_TIMEOUT_MS: str(max(1, int(timeout * 1000)))}
+        if version:
+            headers[HEADER_VERSION] = version
+        if traceparent:
+            headers[HEADER_TRACEPARENT] = traceparent
+        try:
+            msg = await self.nc.request(subject, encode(InvokeRequest(bytes(data))),
+                                        timeout=timeout + REPLY_GRACE_S, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise await self._nobody_serves(plugin) from None
+        except nats.errors.TimeoutError:
+            raise Timeout(f"no reply from {plugin}.{fn} within {timeout}s") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.ConnectionDrainingError, OSError) as e:
+            raise Unavailable(f"NATS connection: {type(e).__name__}") from None
+        except nats.errors.MaxPayloadError as e:
+            raise BadRequest(f"request too large for the server: {e}") from None
+        try:
+            return decode(CallResult, msg.data)
+        except DecodeError as e:
+            raise InternalError(f"malformed reply from worker: {e}") from None
+
+    async def _nobody_serves(self, plugin: str) -> ForgeError:
+        """No responders: tell "not deployed" from "deployed but no worker has it"."""
+        try:
+            if self._kv is None:
+                self._kv = await self.nc.jetstream().key_value(self.subjects.deployments_bucket)
+            await self._kv.get(plugin)
+        except NotFoundError:
+            return PluginNotFound(f"plugin {plugin!r} is not deployed")
+        except Exception:
+            return NoWorkers(f"no worker serves {plugin!r} (deployment state unknown)")
+        return NoWorkers(f"plugin {plugin!r} is deployed but no worker serves it yet")
+
+    # --- administration -------------------------------------------------------
+    async def _admin(self, op: str, req: Message, reply_type: type[Message],
+                     timeout: float = ADMIN_TIMEOUT_S) -> Message:
+        try:
+            msg = await self.nc.request(self.subjects.admin(op), encode(req), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise Unavailable("no coordinator is running (no responders on the admin "
+                              "service)") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"the coordinator did not answer {op!r} within {timeout}s") from None
+        try:
+            reply = decode_any(msg.data, reply_type, ErrorReply)
+        except DecodeError as e:
+            raise InternalError(f"malformed admin reply: {e}") from None
+        if isinstance(reply, ErrorReply):
+            raise reply.error.to_exception()
+        return reply
+
+    async def upload(self, package: bytes) -> str:
+        """Put a package in the object store; return its digest (its name there)."""
+        digest = package_digest(package)
+        obj = await self.nc.jetstream().object_store(self.subjects.packages_bucket)
+        await obj.put(digest, package)
+        return digest
+
+    async def deploy(self, package: bytes, config: dict[str, str] | None = None) -> DeployReply:
+        """Upload a signed package and deploy it; raises PackageRejected with the reason."""
+        digest = await self.upload(package)
+        reply = await self._admin("deploy", DeployRequest(digest, config or {}), DeployReply)
+        assert isinstance(reply, DeployReply)
+        return reply
+
+    async def undeploy(self, plugin: str) -> None:
+        await self._admin("undeploy", UndeployRequest(plugin), UndeployReply)
+
+    async def list(self) -> list[PluginStatus]:
+        reply = await self._admin("list", ListRequest(), ListReply)
+        assert isinstance(reply, ListReply)
+        return reply.plugins
+
+    async def workers(self) -> list[Heartbeat]:
+        reply = await self._admin("workers", WorkersRequest(), WorkersReply)
+        assert isinstance(reply, WorkersReply)
+        return reply.workers

@@ -1,0 +1,67 @@
+"""The coordinator process: buckets, admin service, worker registry, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from nats.js.errors import NoKeysError
+
+from schemas.subjects import Subjects
+
+from . import metrics
+from .admin import AdminService
+from .buckets import ensure_buckets
+from .connection import connect
+from .registry import WorkerRegistry
+from .settings import CoordinatorSettings
+from .status_http import serve_status
+
+log = logging.getLogger("forge.coordinator")
+
+
+async def run_coordinator(settings: CoordinatorSettings) -> int:
+    subjects = Subjects(settings.prefix)
+    nc = await connect(settings.nats_url, "forge-coordinator", settings.credentials)
+    kv, packages = await ensure_buckets(nc.jetstream(), subjects, settings.replicas)
+    registry = WorkerRegistry()
+    await registry.start(nc, subjects)
+    admin = AdminService(nc, subjects, kv, packages, settings.trust_store, registry)
+    await admin.start()
+
+    def ready() -> tuple[bool, str]:
+        return (True, "ok") if nc.is_connected else (False, "not connected to NATS")
+
+    http = serve_status(settings.status_host, settings.status_port, metrics.REGISTRY, ready)
+    log.info("event=coordinator_started status=http://%s:%d/metrics", settings.status_host,
+             http.server_port)
+    print(f"coordinator ready status_port={http.server_port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def gauges() -> None:
+        while True:
+            metrics.WORKERS_ALIVE.set(len(registry.alive()))
+            try:
+                metrics.PLUGINS_DEPLOYED.set(len(await kv.keys()))
+            except NoKeysError:
+                metrics.PLUGINS_DEPLOYED.set(0)
+            except Exception as e:
+                log.debug("event=gauge_update_failed error=%r", e)
+            await asyncio.sleep(2.0)  # gauge refresh period
+
+    task = asyncio.create_task(gauges())
+    await stop.wait()
+    task.cancel()
+    await admin.stop()
+    try:
+        await nc.drain()
+    except Exception as e:
+        log.warning("event=drain_failed error=%r", e)
+    http.shutdown()
+    log.info("event=coordinator_stopped")
+    return 0

@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""Build the ForgeOne example plugins (ABI "forge/1", see docs/abi.md).
+
+Usage: python plugins/build.py [--out DIR] [NAME ...]
+
+Every directory under plugins/ holding a forge.json is a plugin. It contains
+either exactly one ``*.wat`` file (assembled with ``wasmtime.wat2wasm``) or one
+or more ``*.c`` files (compiled with ``python -m ziglang cc`` for
+wasm32-freestanding, no libc, against plugins/include/forge.h). The outputs are
+``DIR/<name>.wasm`` and ``DIR/<name>.forge.json`` (default DIR: plugins/build/).
+A plugin is rebuilt only when an input is newer than its output. Each built
+module is checked against the manifest and the forge/1 ABI (imports, exports,
+signatures, enabled wasm features) before it is written.
+
+Importing this file has no side effects; tests call :func:`build_all`.
+Only the standard library, plus wasmtime and ziglang when building, is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+ABI = "forge/1"
+PLUGINS_DIR = Path(__file__).resolve().parent
+INCLUDE_DIR = PLUGINS_DIR / "include"
+DEFAULT_OUT = PLUGINS_DIR / "build"
+
+NAME_RE = re.compile(r"[a-z][a-z0-9_-]*\Z")
+VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?\Z")
+LIMIT_KEYS = {"timeout_ms", "memory_mb", "max_input_bytes", "max_output_bytes", "pool_size"}
+KNOWN_PERMISSIONS = {"log"}
+RESERVED_EXPORTS = {"memory", "alloc", "dealloc", "init", "shutdown"}
+
+# Host imports: name -> (params, results)
+HOST_IMPORTS: dict[str, tuple[list[str], list[str]]] = {
+    "log": (["i32", "i32", "i32"], []),
+    "set_error": (["i32", "i32"], []),
+}
+# Optional exports with a fixed type: name -> (params, results)
+OPTIONAL_EXPORTS: dict[str, tuple[list[str], list[str]]] = {
+    "dealloc": (["i32", "i32"], []),
+    "init": ([], ["i32"]),
+    "shutdown": ([], []),
+}
+ALLOC_TYPE = (["i32"], ["i32"])
+HANDLER_TYPE = (["i32", "i32"], ["i64"])
+
+# wasm features the forge/1 host enables (docs/abi.md). The C compiler is
+# pinned to a subset so that a newer toolchain default (e.g. extended-const)
+# cannot slip in.
+ZIG_CPU = "mvp+bulk_memory+bulk_memory_opt+sign_ext+nontrapping_fptoint+mutable_globals+multivalue"
+C_FLAGS = [
+    "-target",
+    "wasm32-freestanding",
+    f"-mcpu={ZIG_CPU}",
+    "-O2",
+    "-g0",  # no DWARF; the name section stays for readable trap backtraces
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-nostdlib",
+    "-Wl,--no-entry",
+    "-Wl,-z,stack-size=65536",
+]
+
+
+class BuildError(Exception):
+    """A plugin could not be built; the message says which and why."""
+
+
+class Plugin(NamedTuple):
+    name: str
+    directory: Path
+    kind: str  # "wat" or "c"
+    sources: tuple[Path, ...]  # files fed to the compiler
+    deps: tuple[Path, ...]  # everything the .wasm depends on
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "forge.json"
+
+
+# ---------------------------------------------------------------------------
+# discovery and manifests
+
+
+def discover(plugins_dir: Path = PLUGINS_DIR) -> dict[str, Plugin]:
+    """Return every plugin under ``plugins_dir`` keyed by name."""
+    plugins: dict[str, Plugin] = {}
+    for d in sorted(p for p in plugins_dir.iterdir() if p.is_dir()):
+        if not (d / "forge.json").is_file():
+            continue
+        name = d.name
+        wat = sorted(d.glob("*.wat"))
+        c_files = sorted(d.glob("*.c"))
+        if wat and c_files:
+            raise BuildError(f"{name}: has both .wat and .c sources; use one language")
+        common = [d / "forge.json", Path(__file__).resolve()]
+        if len(wat) == 1:
+            plugins[name] = Plugin(name, d, "wat", (wat[0],), tuple([wat[0], *common]))
+        elif len(wat) > 1:
+            raise BuildError(f"{name}: more than one .wat file: {', '.join(p.name for p in wat)}")
+        elif c_files:
+            headers = sorted(d.glob("*.h")) + sorted(INCLUDE_DIR.glob("*.h"))
+            plugins[name] = Plugin(
+                name, d, "c", tuple(c_files), tuple([*c_files, *headers, *common])
+            )
+        else:
+            raise BuildError(f"{name}: no .wat or .c source next to forge.json")
+    return plugins
+
+
+def load_manifest(plugin: Plugin) -> dict[str, Any]:
+    """Read and check a plugin's forge.json (source form: no digest)."""
+    where = f"{plugin.name}: {plugin.manifest_path}"
+    try:
+        m = json.loads(plugin.manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BuildError(f"{where}: cannot read manifest: {e}") from e
+    if not isinstance(m, dict):
+        raise BuildError(f"{where}: manifest must be a JSON object")
+    problems: list[str] = []
+    required = {"name", "version", "abi", "exports", "permissions", "limits", "description"}
+    missing = sorted(required - m.keys())
+    if missing:
+        problems.append(f"missing field(s) {', '.join(missing)}")
+    extra = sorted(m.keys() - required)
+    if extra:
+        problems.append(f"unknown field(s) {', '.join(extra)}")
+    name = m.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.append(f"name {name!r} must match [a-z][a-z0-9_-]*")
+    elif name != plugin.name:
+        problems.append(f"name {name!r} differs from its directory {plugin.name!r}")
+    if "version" in m and not (isinstance(m["version"], str) and VERSION_RE.match(m["version"])):
+        problems.append(f"version {m['version']!r} is not like 1.0.0")
+    if "abi" in m and m["abi"] != ABI:
+        problems.append(f"abi {m['abi']!r} is not {ABI!r}")
+    exports = m.get("exports")
+    if "exports" in m:
+        if not (
+            isinstance(exports, list) and exports and all(isinstance(e, str) and e for e in exports)
+        ):
+            problems.append("exports must be a non-empty list of names")
+        else:
+            if len(set(exports)) != len(exports):
+                problems.append("exports has duplicates")
+            bad = sorted(set(exports) & RESERVED_EXPORTS)
+            if bad:
+                problems.append(f"reserved name(s) cannot be handlers: {', '.join(bad)}")
+    perms = m.get("permissions")
+    if "permissions" in m:
+        if not (isinstance(perms, list) and all(isinstance(p, str) for p in perms)):
+            problems.append("permissions must be a list of strings")
+        else:
+            unknown = sorted(set(perms) - KNOWN_PERMISSIONS)
+            if unknown:
+                problems.append(f"unknown permission(s) {', '.join(unknown)}")
+    limits = m.get("limits")
+    if "limits" in m:
+        if not isinstance(limits, dict):
+            problems.append("limits must be an object")
+        else:
+            for k, v in limits.items():
+                if k not in LIMIT_KEYS:
+                    problems.append(f"unknown limit {k!r}")
+                elif not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                    problems.append(f"limit {k} must be a positive integer")
+    if "description" in m and not (
+        isinstance(m["description"], str) and "\n" not in m["description"]
+    ):
+        problems.append("description must be a one-line string")
+    if problems:
+        raise BuildError(f"{where}: " + "; ".join(problems))
+    return m
+
+
+# ---------------------------------------------------------------------------
+# compiling
+
+
+def _wasmtime() -> Any:
+    try:
+        import wasmtime
+    except ImportError as e:
+        raise BuildError("wasmtime is not installed (pip install wasmtime)") from e
+    return wasmtime
+
+
+def forge_engine() -> Any:
+    """A wasmtime Engine with exactly the wasm features forge/1 enables."""
+    wasmtime = _wasmtime()
+    cfg = wasmtime.Config()
+    for attr, value in [
+        ("wasm_bulk_memory", True),
+        ("wasm_multi_value", True),
+        ("wasm_reference_types", True),
+        ("wasm_simd", True),
+        ("wasm_relaxed_simd", False),
+        ("wasm_threads", False),
+        ("wasm_memory64", False),
+        ("wasm_multi_memory", False),
+        ("wasm_gc", False),
+        ("wasm_function_references", False),
+        ("wasm_exceptions", False),
+        ("wasm_tail_call", False),
+        ("wasm_component_model", False),
+        ("wasm_wide_arithmetic", False),
+        ("wasm_custom_page_sizes", False),
+        ("wasm_stack_switching", False),
+    ]:
+        if hasattr(cfg, attr):
+            setattr(cfg, attr, value)
+    return wasmtime.Engine(cfg)
+
+
+def compile_wat(plugin: Plugin) -> bytes:
+    wasmtime = _wasmtime()
+    src = plugin.sources[0]
+    try:
+        return bytes(wasmtime.wat2wasm(src.read_text(encoding="utf-8")))
+    except Exception as e:  # WasmtimeError carries the line:column
+        raise BuildError(f"{plugin.name}: {src}: {e}") from e
+
+
+def compile_c(plugin: Plugin, tmp_dir: Path) -> bytes:
+    if importlib.util.find_spec("ziglang") is None:
+        raise BuildError(f"{plugin.name}: ziglang is not installed (pip install ziglang)")
+    out = tmp_dir / f"{plugin.name}.wasm"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ziglang",
+        "cc",
+        *C_FLAGS,
+        "-I",
+        str(INCLUDE_DIR),
+        "-I",
+        str(plugin.directory),
+        "-o",
+        str(out),
+        *(str(s) for s in plugin.sources),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"{plugin.name}: cannot run zig cc: {e}") from e
+    if proc.returncode != 0:
+        diag = (proc.stderr or proc.stdout).strip()
+        raise BuildError(f"{plugin.name}: zig cc failed (exit {proc.returncode}):\n{diag}")
+    return out.read_bytes()
+
+
+def _sig(func_type: Any) -> tuple[list[str], list[str]]:
+    return [str(p) for p in func_type.params], [str(r) for r in func_type.results]
+
+
+def _fmt(sig: tuple[list[str], list[str]]) -> str:
+    return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
+
+
+def check_module(wasm: bytes, manifest: dict[str, Any], engine: Any = None) -> None:
+    """Check a compiled module against the forge/1 ABI and its manifest.
+
+    Raises BuildError listing every problem found.
+    """
+    wasmtime = _wasmtime()
+    engine = engine or forge_engine()
+    try:
+        module = wasmtime.Module(engine, wasm)
+    except Exception as e:
+        raise BuildError(f"not a valid forge/1 module (wasm features or validation): {e}") from e
+    problems: list[str] = []
+    for imp in module.imports:
+        what = f"import {imp.module}.{imp.name}"
+        if imp.module != "forge" or imp.name not in HOST_IMPORTS:
+            problems.append(f"{what} is not provided by the host")
+        elif not isinstance(imp.type, wasmtime.FuncType):
+            problems.append(f"{what} must be a function")
+        elif _sig(imp.type) != HOST_IMPORTS[imp.name]:
+            problems.append(
+                f"{what} has type {_fmt(_sig(imp.type))}, expected {_fmt(HOST_IMPORTS[imp.name])}"
+            )
+        elif imp.name == "log" and "log" not in manifest.get("permissions", []):
+            problems.append(f'{what} needs the "log" permission')
+    exports = {e.name: e.type for e in module.exports}
+    mem = exports.get("memory")
+    if not isinstance(mem, wasmtime.MemoryType):
+        problems.append('must export its memory as "memory"')
+    elif mem.is_64 or mem.is_shared:
+        problems.append("memory must be a 32-bit, non-shared memory")
+    expected: dict[str, tuple[list[str], list[str]]] = {"alloc": ALLOC_TYPE}
+    expected.update({h: HANDLER_TYPE for h in manifest.get("exports", [])})
+    for name, sig in expected.items():
+        t = exports.get(name)
+        if t is None:
+            problems.append(f"missing export {name!r}")
+        elif not isinstance(t, wasmtime.FuncType) or _sig(t) != sig:
+            problems.append(f"export {name!r} must be a function {_fmt(sig)}")
+    for name, sig in OPTIONAL_EXPORTS.items():
+        t = exports.get(name)
+        if t is not None and (not isinstance(t, wasmtime.FuncType) or _sig(t) != sig):
+            problems.append(f"export {name!r} must be a function {_fmt(sig)}")
+    if problems:
+        raise BuildError("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------
+# building
+
+
+def _mtime(p: Path) -> int:
+    try:
+        return p.stat().st_mtime_ns
+    except FileNotFoundError:
+        return -1
+
+
+def _up_to_date(out: Path, deps: tuple[Path, ...] | list[Path]) -> bool:
+    t = _mtime(out)
+    return t >= 0 and all(_mtime(d) < t for d in deps)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def build_plugin(plugin: Plugin, out_dir: Path) -> tuple[Path, str]:
+    """Build one plugin into out_dir. Returns (wasm path, one-line status)."""
+    manifest = load_manifest(plugin)
+    wasm_out = out_dir / f"{plugin.name}.wasm"
+    manifest_out = out_dir / f"{plugin.name}.forge.json"
+    if _up_to_date(wasm_out, plugin.deps):
+        status = f"up to date  {wasm_out}"
+    else:
+        if plugin.kind == "wat":
+            wasm = compile_wat(plugin)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"forge-build-{plugin.name}-") as tmp:
+                wasm = compile_c(plugin, Path(tmp))
+        try:
+            check_module(wasm, manifest)
+        except BuildError as e:
+            raise BuildError(f"{plugin.name}: {e}") from e
+        _write_atomic(wasm_out, wasm)
+        status = f"built {plugin.kind:<4} {wasm_out} ({len(wasm)} bytes)"
+    if not _up_to_date(manifest_out, [plugin.manifest_path]):
+        _write_atomic(manifest_out, plugin.manifest_path.read_bytes())
+    return wasm_out, status
+
+
+def build_all(
+    out_dir: Path,
+    names: list[str] | None = None,
+    *,
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Build the named plugins (default: all) into out_dir.
+
+    Returns {name: path of NAME.wasm}. Plugins are built independently; if any
+    fails, the others are still built and then BuildError is raised naming
+    every failure. ``report`` receives one status line per plugin.
+    """
+    out_dir = Path(out_dir)
+    plugins = discover()
+    if names:
+        unknown = [n for n in names if n not in plugins]
+        if unknown:
+            raise BuildError(
+                f"unknown plugin(s): {', '.join(unknown)} (known: {', '.join(sorted(plugins))})"
+            )
+        selected = [plugins[n] for n in dict.fromkeys(names)]
+    else:
+        selected = list(plugins.values())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built: dict[str, Path] = {}
+    failures: list[str] = []
+    for plugin in selected:
+        try:
+            path, status = build_plugin(plugin, out_dir)
+        except BuildError as e:
+            failures.append(str(e))
+            if report:
+                report(f"{plugin.name:<10} FAILED (see error below)")
+            continue
+        built[plugin.name] = path
+        if report:
+            report(f"{plugin.name:<10} {status}")
+    if failures:
+        raise BuildError("\n".join(failures))
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Build ForgeOne forge/1 plugins.")
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+    )
+    ap.add_argument("names", nargs="*", metavar="NAME", help="plugins to build (default: all)")
+    args = ap.parse_args(argv)
+    try:
+        build_all(args.out, args.names or None, report=lambda line: print(line, flush=True))
+    except BuildError as e:
+        print(f"build.py: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

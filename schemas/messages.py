@@ -1,0 +1,241 @@
+"""Every typed message that travels on the bus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .codec import Message, Struct, field_spec
+from .errors import ErrorCode, ForgeError, error_for
+from .manifest import FUNCTION_PATTERN, NAME_PATTERN, SHA256_PATTERN, VERSION_PATTERN, Manifest
+
+WORKER_ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"
+
+# --- request headers every path honours ------------------------------------
+#: Milliseconds the caller will wait, counted from when the worker receives the call.
+HEADER_TIMEOUT_MS = "Forge-Timeout-Ms"
+#: Optional version pin.
+HEADER_VERSION = "Forge-Version"
+#: W3C trace context.
+HEADER_TRACEPARENT = "traceparent"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo(Struct):
+    """A typed failure: the code says what kind, the message says what exactly."""
+
+    code: ErrorCode = field_spec(doc="One of the ErrorCode values.")
+    message: str = field_spec(default="", max_len=8192, doc="Human-readable detail.")
+
+    def to_exception(self) -> ForgeError:
+        return error_for(self.code, self.message)
+
+    @staticmethod
+    def of(err: ForgeError) -> ErrorInfo:
+        return ErrorInfo(err.code, err.message[:8192])
+
+
+# --- calls -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class InvokeRequest(Message):
+    """A fast call: the body of a request on ``<prefix>.invoke.<plugin>.<fn>``."""
+
+    KIND = "invoke"
+    input: bytes = field_spec(default=b"", doc="The bytes handed to the guest function.")
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult(Message):
+    """The outcome of one call: output on success, a typed error otherwise."""
+
+    KIND = "result"
+    ok: bool = field_spec(doc="True when the guest returned normally.")
+    output: bytes = field_spec(default=b"", doc="The guest's output (empty on error).")
+    error: ErrorInfo | None = field_spec(default=None, doc="Set when ok is false.")
+    plugin: str = field_spec(default="", max_len=64, doc="Plugin that served the call.")
+    fn: str = field_spec(default="", max_len=64, doc="Function called.")
+    version: str = field_spec(default="", max_len=64, doc="Plugin version that served it.")
+    worker: str = field_spec(default="", max_len=128, doc="Worker id that served it.")
+    duration_us: int = field_spec(default=0, ge=0, doc="Time inside the guest, microseconds.")
+    fuel_used: int | None = field_spec(default=None, ge=0, doc="Fuel consumed, when metered.")
+
+    @staticmethod
+    def failure(err: ForgeError, **kw: str) -> CallResult:
+        return CallResult(ok=False, error=ErrorInfo.of(err), **kw)  # type: ignore[arg-type]
+
+
+# --- deployments ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VersionEntry(Struct):
+    """One deployed version of a plugin and its share of the traffic."""
+
+    version: str = field_spec(pattern=VERSION_PATTERN, doc="Plugin version.")
+    digest: str = field_spec(pattern=SHA256_PATTERN, doc="Package SHA-256 (object store name).")
+    manifest: Manifest = field_spec(doc="The verified manifest of that package.")
+    weight: int = field_spec(default=100, ge=0, le=100, doc="Share of calls, percent.")
+    key_id: str = field_spec(default="", max_len=16, doc="Key that signed the package.")
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord(Message):
+    """The desired state of one plugin: the value of its key in the deployments bucket."""
+
+    KIND = "deployment"
+    plugin: str = field_spec(pattern=NAME_PATTERN, doc="Plugin name (the KV key).")
+    versions: list[VersionEntry] = field_spec(default_factory=list, doc="Active versions.")
+    config: dict[str, str] = field_spec(default_factory=dict, doc="Per-deployment config.")
+    deployed_at_ms: int = field_spec(default=0, ge=0, doc="Unix time of this record, ms.")
+
+    def active(self) -> VersionEntry:
+        """The version with the most weight (the one taking calls by default)."""
+        return max(self.versions, key=lambda v: v.weight)
+
+
+# --- cluster view ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LoadedPlugin(Struct):
+    plugin: str = field_spec(max_len=64)
+    version: str = field_spec(max_len=64)
+    digest: str = field_spec(max_len=64)
+    state: str = field_spec(default="ready", max_len=32, doc="loading, ready or failed.")
+    error: str = field_spec(default="", max_len=2048, doc="Why it failed, if it did.")
+    pool_idle: int = field_spec(default=0, ge=0)
+    pool_busy: int = field_spec(default=0, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """A worker's periodic announcement on ``<prefix>.heartbeat.<worker_id>``."""
+
+    KIND = "heartbeat"
+    worker_id: str = field_spec(pattern=WORKER_ID_PATTERN)
+    host: str = field_spec(default="", max_len=256)
+    pid: int = field_spec(default=0, ge=0)
+    software_version: str = field_spec(default="", max_len=64)
+    started_at_ms: int = field_spec(default=0, ge=0)
+    sent_at_ms: int = field_spec(default=0, ge=0)
+    interval_ms: int = field_spec(default=2000, ge=1, doc="Time until the next heartbeat.")
+    slots_total: int = field_spec(default=0, ge=0, doc="Execution slots (threads).")
+    slots_busy: int = field_spec(default=0, ge=0)
+    calls_total: int = field_spec(default=0, ge=0)
+    errors_total: int = field_spec(default=0, ge=0)
+    rss_bytes: int = field_spec(default=0, ge=0)
+    labels: dict[str, str] = field_spec(default_factory=dict)
+    plugins: list[LoadedPlugin] = field_spec(default_factory=list)
+    stopping: bool = field_spec(default=False, doc="Last heartbeat of a worker shutting down.")
+
+
+# --- syscalls ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LogEvent(Message):
+    """A guest log line, published on ``<prefix>.syscall.<plugin>.log``."""
+
+    KIND = "log"
+    plugin: str = field_spec(max_len=64)
+    version: str = field_spec(default="", max_len=64)
+    fn: str = field_spec(default="", max_len=64)
+    worker: str = field_spec(default="", max_len=128)
+    level: int = field_spec(default=1, ge=0, le=3, doc="0 debug, 1 info, 2 warn, 3 error.")
+    message: str = field_spec(default="", max_len=16384)
+    at_ms: int = field_spec(default=0, ge=0)
+
+
+# --- admin service -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeployRequest(Message):
+    """Deploy the package already uploaded to the packages object store under ``digest``."""
+
+    KIND = "deploy"
+    digest: str = field_spec(pattern=SHA256_PATTERN, doc="SHA-256 of the uploaded package.")
+    config: dict[str, str] = field_spec(default_factory=dict, doc="Per-deployment config.")
+
+
+@dataclass(frozen=True, slots=True)
+class DeployReply(Message):
+    KIND = "deployed"
+    record: DeploymentRecord = field_spec(doc="The record now in the deployments bucket.")
+    revision: int = field_spec(default=0, ge=0, doc="KV revision of the record.")
+
+
+@dataclass(frozen=True, slots=True)
+class UndeployRequest(Message):
+    KIND = "undeploy"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class UndeployReply(Message):
+    KIND = "undeployed"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest(Message):
+    KIND = "list"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginStatus(Struct):
+    """A deployment and the workers that report it loaded."""
+
+    record: DeploymentRecord = field_spec()
+    ready_workers: list[str] = field_spec(default_factory=list)
+    failed_workers: dict[str, str] = field_spec(default_factory=dict, doc="worker -> error.")
+
+
+@dataclass(frozen=True, slots=True)
+class ListReply(Message):
+    KIND = "plugins"
+    plugins: list[PluginStatus] = field_spec(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersRequest(Message):
+    KIND = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersReply(Message):
+    KIND = "workers_list"
+    workers: list[Heartbeat] = field_spec(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """Any request that failed gets this reply instead of its usual one."""
+
+    KIND = "error"
+    error: ErrorInfo = field_spec()
+
+
+ADMIN_REQUESTS: dict[str, type[Message]] = {
+    "deploy": DeployRequest,
+    "undeploy": UndeployRequest,
+    "list": ListRequest,
+    "workers": WorkersRequest,
+}
+
+__all__ = [
+    "ADMIN_REQUESTS",
+    "FUNCTION_PATTERN",
+    "HEADER_TIMEOUT_MS",
+    "HEADER_TRACEPARENT",
+    "HEADER_VERSION",
+    "CallResult",
+    "DeployReply",
+    "DeployRequest",
+    "DeploymentRecord",
+    "ErrorInfo",
+    "ErrorReply",
+    "Heartbeat",
+    "InvokeRequest",
+    "ListReply",
+    "ListRequest",
+    "LoadedPlugin",
+    "LogEvent",
+    "PluginStatus",
+    "UndeployReply",
+    "UndeployRequest",
+    "VersionEntry",
+    "WorkersReply",
+    "WorkersRequest",
+]

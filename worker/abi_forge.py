@@ -1,0 +1,246 @@
+"""The native plugin ABI, ``forge/1`` (see docs/abi.md).
+
+Host functions are linked once per plugin version (one Linker and one
+InstancePre); each call finds its own state through a thread-local, since a
+Store is only ever used by the one thread that checked its instance out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import wasmtime
+
+from schemas.abi import FORGE_V1_IMPORTS, HOST_MODULE
+from schemas.errors import (
+    ForgeError,
+    OutOfMemory,
+    OutputTooLarge,
+    PluginError,
+    Timeout,
+    Trap,
+)
+from schemas.manifest import Manifest
+
+from .engine import Engines
+from .guest import GuestMemory, GuestTrap, RawFunc
+from .runtime import MAX_LOG_LINE, MAX_LOG_LINES, Invocation, WorkerCaps, engine_settings_for
+
+WASM_PAGE = 65536
+#: Deadline for instantiation (start function) plus ``init``, and for ``shutdown``.
+LIFECYCLE_TIMEOUT_S = 5.0
+
+_current = threading.local()
+
+
+class _CallState:
+    """What host functions may touch during one guest call."""
+
+    __slots__ = ("error", "fault", "logs", "memory")
+
+    def __init__(self, memory: GuestMemory | None) -> None:
+        self.memory = memory
+        self.error: str | None = None
+        self.fault: ForgeError | None = None
+        self.logs: list[tuple[int, str]] = []
+
+
+def _state() -> _CallState:
+    st: _CallState | None = getattr(_current, "state", None)
+    if st is None:  # a host function called outside a call: nothing sane to do
+        raise RuntimeError("host function called outside a guest call")
+    return st
+
+
+def _guest_bytes(st: _CallState, ptr: int, length: int, what: str, cap: int) -> bytes:
+    """Guest bytes for a host function; a bad pointer fails the call (recorded as its cause)."""
+    if st.memory is None:
+        st.fault = Trap(f"{what} called before memory was exported")
+        raise st.fault
+    try:
+        return st.memory.read(ptr & 0xFFFFFFFF, length & 0xFFFFFFFF, what, cap)
+    except ForgeError as e:
+        st.fault = e
+        raise
+
+
+def _host_log(level: int, ptr: int, length: int) -> None:
+    st = _state()
+    data = _guest_bytes(st, ptr, length, "forge.log", MAX_LOG_LINE)
+    if len(st.logs) < MAX_LOG_LINES:
+        st.logs.append((min(max(level, 0), 3), data.decode("utf-8", "replace")))
+
+
+def _host_set_error(ptr: int, length: int) -> None:
+    st = _state()
+    st.error = _guest_bytes(st, ptr, length, "forge.set_error", 8192).decode("utf-8", "replace")
+
+
+_HOST_FUNCS = {"log": _host_log, "set_error": _host_set_error}
+
+
+def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasmtime.FuncType:
+    vt = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+    return wasmtime.FuncType([vt[p] for p in sig_params], [vt[r] for r in sig_results])
+
+
+class ForgeV1Runtime:
+    """One compiled forge/1 plugin version; makes instances."""
+
+    def __init__(self, engines: Engines, manifest: Manifest, module: wasmtime.Module,
+                 caps: WorkerCaps) -> None:
+        self.manifest = manifest
+        self.engines = engines
+        self.engine = engines.get(engine_settings_for(manifest))
+        limits = manifest.limits
+        self.memory_bytes = min(limits.memory_mb, caps.max_memory_mb) * 1024 * 1024
+        self.max_output = min(limits.max_output_bytes, caps.max_io_bytes)
+        self.table_elements = limits.max_table_elements
+        linker = wasmtime.Linker(self.engine)
+        for name, sig in FORGE_V1_IMPORTS.items():
+            linker.define_func(HOST_MODULE, name, _functype(sig.params, sig.results),
+                               _HOST_FUNCS[name])
+        self.pre = linker.instantiate_pre(module)
+        exported = {e.name for e in module.exports}
+        self.has_dealloc = "dealloc" in exported
+        self.has_init = "init" in exported
+        self.has_shutdown = "shutdown" in exported
+
+    def new_instance(self) -> ForgeV1Instance:
+        return ForgeV1Instance(self)
+
+
+class ForgeV1Instance:
+    """One instance with its own Store. Used by one thread at a time."""
+
+    def __init__(self, rt: ForgeV1Runtime) -> None:
+        self.rt = rt
+        self.broken = False
+        self.logs: list[tuple[int, str]] = []
+        store = wasmtime.Store(rt.engine)
+        store.set_limits(memory_size=rt.memory_bytes, table_elements=rt.table_elements,
+                         instances=2, tables=4, memories=1)
+        self.store = store
+        self._fuel = rt.manifest.limits.fuel
+        self._arm(LIFECYCLE_TIMEOUT_S)
+        st = _CallState(None)
+        _current.state = st
+        try:
+            try:
+                instance = rt.pre.instantiate(store)
+            except wasmtime.Trap as e:
+                raise self._classify(GuestTrap(e.message, e.trap_code), st) from None
+            except wasmtime.WasmtimeError as e:
+                raise Trap(f"instantiation failed: {e}") from None
+            ex = instance.exports(store)
+            mem = ex["memory"]
+            assert isinstance(mem, wasmtime.Memory)
+            self.memory = GuestMemory(store, mem)
+            st.memory = self.memory
+
+            def fn(name: str, params: tuple[str, ...], results: tuple[str, ...]) -> RawFunc:
+                f = ex[name]
+                assert isinstance(f, wasmtime.Func)
+                return RawFunc(store, f, params, results)
+
+            self._alloc = fn("alloc", ("i32",), ("i32",))
+            self._dealloc = fn("dealloc", ("i32", "i32"), ()) if rt.has_dealloc else None
+            self._shutdown = fn("shutdown", (), ()) if rt.has_shutdown else None
+            self._handlers = {name: fn(name, ("i32", "i32"), ("i64",))
+                              for name in rt.manifest.exports}
+            if rt.has_init:
+                try:
+                    rc = fn("init", (), ("i32",))()
+                except GuestTrap as e:
+                    raise self._classify(e, st) from None
+                if rc != 0 or st.error is not None:
+                    raise PluginError(f"init failed: {st.error or f'returned {rc}'}")
+        finally:
+            _current.state = None
+            self.logs = st.logs
+
+    # --- one call ---------------------------------------------------------------
+    def _arm(self, timeout_s: float) -> None:
+        self.store.set_epoch_deadline(self.rt.engines.ticks_for(timeout_s))
+        if self._fuel is not None:
+            self.store.set_fuel(self._fuel)
+
+    def call(self, fn: str, data: bytes, timeout_s: float) -> Invocation:
+        handler = self._handlers[fn]
+        st = _CallState(self.memory)
+        self._arm(timeout_s)
+        _current.state = st
+        started = time.perf_counter_ns()
+        try:
+            in_ptr = 0
+            if data:
+                in_ptr = self._alloc(len(data)) or 0
+                if in_ptr == 0:
+                    raise OutOfMemory(f"alloc({len(data)}) returned 0")
+                self.memory.write(in_ptr & 0xFFFFFFFF, data, "input buffer from alloc")
+            packed = handler(in_ptr, len(data)) or 0
+            packed &= 0xFFFFFFFFFFFFFFFF
+            out_ptr, out_len = packed >> 32, packed & 0xFFFFFFFF
+            if st.error is not None:
+                raise PluginError(st.error)
+            if out_len > self.rt.max_output:
+                raise OutputTooLarge(f"output of {out_len} bytes exceeds {self.rt.max_output}")
+            output = self.memory.read(out_ptr, out_len, "output")
+            if self._dealloc is not None:
+                if data:
+                    self._dealloc(in_ptr, len(data))
+                if out_len:
+                    self._dealloc(out_ptr, out_len)
+        except GuestTrap as e:
+            self.broken = True
+            raise self._classify(e, st) from None
+        except (Trap, OutOfMemory):
+            self.broken = True
+            raise
+        finally:
+            _current.state = None
+            self.logs = st.logs
+        duration_us = (time.perf_counter_ns() - started) // 1000
+        fuel_used = None
+        if self._fuel is not None:
+            fuel_used = self._fuel - self.store.get_fuel()
+        return Invocation(output, st.logs, fuel_used, duration_us)
+
+    def _classify(self, e: GuestTrap, st: _CallState) -> ForgeError:
+        """Map a trap to the typed error a caller sees."""
+        if st.fault is not None:
+            return st.fault
+        code = e.code
+        if code == wasmtime.TrapCode.INTERRUPT:
+            return Timeout("deadline reached while the guest was running")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return Timeout(f"fuel budget of {self._fuel} exhausted")
+        if code == wasmtime.TrapCode.STACK_OVERFLOW:
+            return Trap("stack overflow")
+        if st.memory is not None and st.memory.size() + WASM_PAGE > self.rt.memory_bytes:
+            return OutOfMemory(f"memory ceiling of {self.rt.memory_bytes // (1024 * 1024)} MiB "
+                               f"reached ({_first_line(str(e))})")
+        return Trap(_first_line(str(e)))
+
+    def close(self, graceful: bool) -> None:
+        if graceful and not self.broken and self._shutdown is not None:
+            self._arm(LIFECYCLE_TIMEOUT_S)
+            _current.state = _CallState(self.memory)
+            try:
+                self._shutdown()
+            except GuestTrap:
+                pass
+            finally:
+                _current.state = None
+        self.broken = True
+        self._handlers = {}
+
+
+def _first_line(message: str) -> str:
+    """wasmtime messages carry a backtrace; callers get the cause."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("wasm trap:"):
+            return ln
+    return lines[-1] if lines else message

@@ -1,0 +1,171 @@
+"""Follow the deployments bucket and make this worker host what it says.
+
+The KV watch delivers the latest record of every plugin first (so a worker
+started late catches up), then every change. Each plugin reconciles on its
+own task, latest record wins, so a slow compile of one plugin never holds
+up another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.js.kv import KeyValue
+
+from schemas.codec import DecodeError, decode
+from schemas.errors import ForgeError, Unavailable
+from schemas.messages import DeploymentRecord, VersionEntry
+
+from . import metrics
+from .executor import Executor
+from .hosted import HostedPlugin, HostedVersion
+from .invoke import InvokeServer
+from .loader import Loader
+
+log = logging.getLogger("forge.worker.deployments")
+
+#: Retries of a load that failed for a transient reason (bus, object store).
+LOAD_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Desired:
+    record: DeploymentRecord | None  # None: undeployed
+
+
+class DeploymentWatcher:
+    def __init__(self, kv: KeyValue, loader: Loader, hosted: dict[str, HostedPlugin],
+                 server: InvokeServer, executor: Executor) -> None:
+        self.kv = kv
+        self.loader = loader
+        self.hosted = hosted
+        self.server = server
+        self.executor = executor
+        self.synced = asyncio.Event()
+        """Set once every record present at start has been seen (not necessarily loaded)."""
+        self._desired: dict[str, _Desired] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Watch forever; restart the watch if it breaks (for example across a reconnect)."""
+        backoff = 0.2
+        while True:
+            try:
+                watcher = await self.kv.watchall()
+                backoff = 0.2
+                async for entry in watcher:
+                    if entry is None:
+                        self.synced.set()
+                        continue
+                    self._on_entry(entry.key, entry.value, entry.operation)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("event=watch_failed error=%r retry_in=%.1fs", e, backoff)
+                await asyncio.sleep(backoff)  # backoff between reconnect attempts
+                backoff = min(backoff * 2, 5.0)
+
+    def _on_entry(self, key: str, value: bytes | None, op: str | None) -> None:
+        if op in ("DEL", "PURGE"):
+            desired = _Desired(None)
+        else:
+            try:
+                record = decode(DeploymentRecord, value or b"")
+                if record.plugin != key:
+                    raise DecodeError(f"record for {record.plugin!r} stored under key {key!r}")
+            except DecodeError as e:
+                metrics.BAD_MESSAGES.labels("deployments").inc()
+                log.error("event=bad_deployment_record key=%s error=%s", key, e)
+                return
+            desired = _Desired(record)
+        self._desired[key] = desired
+        self._dirty.add(key)
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._tasks[key] = asyncio.create_task(self._reconcile(key))
+
+    async def _reconcile(self, plugin: str) -> None:
+        while plugin in self._dirty:
+            self._dirty.discard(plugin)
+            desired = self._desired[plugin]
+            try:
+                if desired.record is None:
+                    await self._remove(plugin)
+                else:
+                    await self._apply(plugin, desired.record)
+            except Exception:
+                log.exception("event=reconcile_failed plugin=%s", plugin)
+
+    async def _apply(self, plugin: str, record: DeploymentRecord) -> None:
+        hp = self.hosted.get(plugin)
+        if hp is None:
+            hp = HostedPlugin(record)
+        wanted = {e.version: e for e in record.versions}
+        for entry in record.versions:
+            current = hp.versions.get(entry.version)
+            if current is not None and current.digest == entry.digest:
+                continue
+            if plugin in self._dirty:  # a newer record arrived: reconcile that one instead
+                return
+            metrics.PLUGINS_LOADED.labels("loading").inc()
+            try:
+                hv = await self._load(plugin, entry)
+            except ForgeError as e:
+                hp.failed[entry.version] = e.message
+                metrics.PLUGINS_LOADED.labels("failed").inc()
+                log.error("event=load_failed plugin=%s version=%s error=%s", plugin,
+                          entry.version, e.message)
+                continue
+            finally:
+                metrics.PLUGINS_LOADED.labels("loading").dec()
+            hp.failed.pop(entry.version, None)
+            if current is not None:
+                self._drain(current)
+            hp.versions[entry.version] = hv
+            metrics.PLUGINS_LOADED.labels("ready").inc()
+            log.info("event=version_ready plugin=%s version=%s digest=%s", plugin, entry.version,
+                     entry.digest[:12])
+        for version in [v for v in hp.versions if v not in wanted]:
+            self._drain(hp.versions.pop(version))
+        for version in [v for v in hp.failed if v not in wanted]:
+            del hp.failed[version]
+        hp.record = record
+        self.hosted[plugin] = hp
+        if hp.versions:
+            await self.server.subscribe(plugin)
+        else:
+            await self.server.unsubscribe(plugin)
+
+    async def _load(self, plugin: str, entry: VersionEntry) -> HostedVersion:
+        delay = 0.2
+        for attempt in range(LOAD_RETRIES):
+            try:
+                return await self.loader.load(plugin, entry)
+            except ForgeError:
+                raise
+            except Exception as e:  # bus or object store trouble: worth another go
+                if attempt == LOAD_RETRIES - 1:
+                    raise Unavailable(f"could not fetch package: {type(e).__name__}: {e}") from e
+                log.warning("event=fetch_retry plugin=%s error=%r", plugin, e)
+                await asyncio.sleep(delay)  # backoff before the next fetch attempt
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _remove(self, plugin: str) -> None:
+        hp = self.hosted.pop(plugin, None)
+        await self.server.unsubscribe(plugin)
+        if hp is not None:
+            for hv in hp.versions.values():
+                self._drain(hv)
+            log.info("event=undeployed plugin=%s", plugin)
+
+    def _drain(self, hv: HostedVersion) -> None:
+        metrics.PLUGINS_LOADED.labels("ready").dec()
+        task = asyncio.create_task(
+            hv.drain(self.executor, hv.manifest.limits.timeout_ms / 1000 + 1))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

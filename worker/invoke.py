@@ -1,0 +1,146 @@
+"""The fast path: serve ``<prefix>.invoke.<plugin>.<fn>`` requests in a queue group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from schemas.codec import DecodeError, decode, encode
+from schemas.errors import (
+    BadRequest,
+    ForgeError,
+    FunctionNotFound,
+    InputTooLarge,
+    InternalError,
+    PluginNotFound,
+)
+from schemas.messages import HEADER_TIMEOUT_MS, HEADER_VERSION, CallResult, InvokeRequest
+from schemas.subjects import INVOKE_QUEUE, Subjects
+
+from . import metrics
+from .executor import Executor
+from .hosted import HostedPlugin
+from .runtime import WorkerCaps
+from .syscalls import SyscallBus
+
+log = logging.getLogger("forge.worker.invoke")
+
+#: Messages a subscription may buffer before the server sees us as slow.
+PENDING_MSGS = 65536
+
+
+class InvokeServer:
+    def __init__(self, nc: Client, subjects: Subjects, hosted: dict[str, HostedPlugin],
+                 executor: Executor, syscalls: SyscallBus, worker_id: str,
+                 caps: WorkerCaps) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.hosted = hosted
+        self.executor = executor
+        self.syscalls = syscalls
+        self.worker_id = worker_id
+        self.caps = caps
+        self._subs: dict[str, Subscription] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls_total = 0
+        self.errors_total = 0
+
+    async def subscribe(self, plugin: str) -> None:
+        if plugin not in self._subs:
+            self._subs[plugin] = await self.nc.subscribe(
+                self.subjects.invoke_plugin(plugin), queue=INVOKE_QUEUE, cb=self._on_msg,
+                pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=512 * 1024 * 1024)
+
+    async def unsubscribe(self, plugin: str) -> None:
+        sub = self._subs.pop(plugin, None)
+        if sub is not None:
+            await sub.unsubscribe()
+
+    async def stop(self, timeout_s: float) -> None:
+        """Leave every queue group, then let in-flight calls finish (bounded)."""
+        for plugin in list(self._subs):
+            await self.unsubscribe(plugin)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        plugin = fn = version = ""
+        logs: list[tuple[int, str]] = []
+        try:
+            plugin, fn = self.subjects.parse_invoke(msg.subject)
+            result, logs = await self._call(msg, plugin, fn)
+            version = result.version
+        except ForgeError as e:
+            result = CallResult.failure(e, plugin=plugin, fn=fn, worker=self.worker_id)
+        except Exception as e:
+            log.exception("event=invoke_failed plugin=%s fn=%s", plugin, fn)
+            result = CallResult.failure(InternalError(f"{type(e).__name__}: {e}"), plugin=plugin,
+                                        fn=fn, worker=self.worker_id)
+        outcome = "ok" if result.ok else (result.error.code.value if result.error else "error")
+        self.calls_total += 1
+        if not result.ok:
+            self.errors_total += 1
+            if result.error and result.error.code.value == "BAD_REQUEST":
+                metrics.BAD_MESSAGES.labels("invoke").inc()
+        metrics.CALLS.labels(plugin, fn, version, outcome).inc()
+        metrics.CALL_SECONDS.labels(plugin, fn).observe(time.perf_counter() - started)
+        if msg.reply:
+            try:
+                await msg.respond(encode(result))
+            except Exception as e:  # the caller went away or the connection dropped
+                log.warning("event=reply_failed plugin=%s fn=%s error=%s", plugin, fn, e)
+        if logs:
+            await self.syscalls.logs(plugin, version, fn, logs)
+
+    async def _call(self, msg: Msg, plugin: str, fn: str
+                    ) -> tuple[CallResult, list[tuple[int, str]]]:
+        try:
+            req = decode(InvokeRequest, msg.data)
+        except DecodeError as e:
+            raise BadRequest(f"invoke request: {e}") from None
+        hosted = self.hosted.get(plugin)
+        if hosted is None:
+            raise PluginNotFound(f"plugin {plugin!r} is not deployed on this worker")
+        headers = msg.headers or {}
+        hv = hosted.pick(headers.get(HEADER_VERSION))
+        m = hv.manifest
+        if fn not in m.exports:
+            raise FunctionNotFound(f"{plugin}@{hv.version} does not export {fn!r} "
+                                   f"(it exports {', '.join(m.exports)})")
+        cap = min(m.limits.max_input_bytes, self.caps.max_io_bytes)
+        if len(req.input) > cap:
+            raise InputTooLarge(f"input of {len(req.input)} bytes exceeds {cap}")
+        timeout_ms = min(m.limits.timeout_ms, self.caps.max_timeout_ms)
+        raw = headers.get(HEADER_TIMEOUT_MS)
+        if raw is not None:
+            try:
+                asked = int(raw)
+            except ValueError:
+                raise BadRequest(f"{HEADER_TIMEOUT_MS} header {raw[:32]!r} is not an integer")
+            if asked <= 0:
+                raise BadRequest(f"{HEADER_TIMEOUT_MS} must be positive")
+            timeout_ms = min(timeout_ms, asked)
+        out = await hv.call(self.executor, fn, req.input, time.monotonic() + timeout_ms / 1000)
+        if out.created_instance:
+            metrics.INSTANCES_CREATED.labels(plugin, hv.version).inc()
+        if out.discarded:
+            metrics.INSTANCES_DISCARDED.labels(plugin, hv.version).inc()
+        common = {"plugin": plugin, "fn": fn, "version": hv.version, "worker": self.worker_id}
+        if out.error is not None:
+            return CallResult.failure(out.error, **common), out.logs
+        inv = out.invocation
+        assert inv is not None
+        metrics.GUEST_SECONDS.labels(plugin, fn).observe(inv.duration_us / 1e6)
+        return CallResult(ok=True, output=inv.output, duration_us=inv.duration_us,
+                          fuel_used=inv.fuel_used, **common), out.logs

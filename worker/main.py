@@ -1,0 +1,143 @@
+"""The worker process: wires the parts together and runs until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+
+import nats
+import uvloop
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+
+from schemas.subjects import Subjects
+
+from . import metrics
+from .compile_cache import CompileCache
+from .deployments import DeploymentWatcher
+from .engine import Engines
+from .executor import Executor
+from .heartbeat import Heartbeats
+from .hosted import HostedPlugin
+from .invoke import InvokeServer
+from .loader import Loader
+from .settings import WorkerSettings, parse_args
+from .status_http import serve_status
+from .syscalls import SyscallBus
+
+log = logging.getLogger("forge.worker")
+
+#: Bound on how long a stopping worker waits for in-flight calls.
+STOP_GRACE_S = 10.0
+
+
+async def connect(settings: WorkerSettings, name: str) -> Client:
+    async def on_error(e: Exception) -> None:
+        log.warning("event=nats_error error=%r", e)
+
+    async def on_disconnect() -> None:
+        log.warning("event=nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("event=nats_reconnected")
+
+    return await nats.connect(
+        servers=settings.nats_url.split(","), name=name, max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, error_cb=on_error, disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect, user_credentials=settings.credentials,
+        connect_timeout=5, allow_reconnect=True,
+    )
+
+
+async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-untyped-def]
+    """The deployments bucket and package store; the coordinator creates them."""
+    js = nc.jetstream()
+    delay = 0.2
+    while True:
+        try:
+            kv = await js.key_value(subjects.deployments_bucket)
+            obj = await js.object_store(subjects.packages_bucket)
+            return kv, obj
+        except (BucketNotFoundError, NotFoundError, ServiceUnavailableError,
+                nats.errors.TimeoutError) as e:
+            log.info("event=waiting_for_buckets error=%r", e)
+            await asyncio.sleep(delay)  # the coordinator has not created them yet
+            delay = min(delay * 2, 2.0)
+
+
+async def run(settings: WorkerSettings) -> int:
+    subjects = Subjects(settings.prefix)
+    nc = await connect(settings, f"forge-worker {settings.worker_id}")
+    kv, obj = await wait_for_buckets(nc, subjects)
+    engines = Engines()
+    executor = Executor(settings.effective_slots)
+    cache = CompileCache(settings.cache_dir,
+                         on_result=lambda r: metrics.COMPILE_CACHE.labels(r).inc())
+    hosted: dict[str, HostedPlugin] = {}
+    syscalls = SyscallBus(nc, subjects, settings.worker_id)
+    server = InvokeServer(nc, subjects, hosted, executor, syscalls, settings.worker_id,
+                          settings.caps)
+    loader = Loader(obj, settings.trust_store, cache, engines, settings.caps, settings.max_queue,
+                    settings.warm_instances)
+    watcher = DeploymentWatcher(kv, loader, hosted, server, executor)
+    beats = Heartbeats(nc, subjects, settings.worker_id, settings.labels, settings.heartbeat_s,
+                       hosted, executor, server)
+
+    def ready() -> tuple[bool, str]:
+        if not nc.is_connected:
+            return False, "not connected to NATS"
+        if not watcher.synced.is_set():
+            return False, "deployments not yet synced"
+        return True, "ok"
+
+    http = serve_status(settings.status_host, settings.status_port, metrics.REGISTRY, ready)
+    log.info("event=worker_started id=%s status=http://%s:%d/metrics slots=%d",
+             settings.worker_id, settings.status_host, http.server_port, executor.slots)
+    print(f"worker {settings.worker_id} ready status_port={http.server_port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(beats.run())]
+    await stop.wait()
+
+    log.info("event=worker_stopping id=%s", settings.worker_id)
+    await server.stop(STOP_GRACE_S)
+    for t in tasks:
+        t.cancel()
+    await beats.send(stopping=True)
+    for hp in list(hosted.values()):
+        for hv in hp.versions.values():
+            await hv.drain(executor, 1.0)
+    try:
+        await nc.drain()
+    except Exception as e:
+        log.warning("event=drain_failed error=%r", e)
+    http.shutdown()
+    loader.close()
+    executor.shutdown()
+    engines.close()
+    log.info("event=worker_stopped id=%s", settings.worker_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    settings = parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", settings.worker_id):
+        sys.exit(f"forgeone-worker: worker id {settings.worker_id!r} may only use letters, "
+                 "digits, '_' and '-'")
+    try:
+        code = uvloop.run(run(settings))
+    except (OSError, nats.errors.NoServersError) as e:
+        sys.exit(f"forgeone-worker: cannot reach NATS at {settings.nats_url}: {e}")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
