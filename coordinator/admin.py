@@ -1,4 +1,4 @@
-"""The admin service (``<prefix>.admin.<op>``, a nats.micro service): deploy, undeploy, list, workers.
+"""The admin service on ``<prefix>.admin.<op>`` (nats.micro): deploy, undeploy, list, workers.
 
 Every reply is a typed message; failures are ErrorReply with a code.
 """
@@ -58,8 +58,15 @@ def _validator() -> wasmtime.Engine:
 
 
 class AdminService:
-    def __init__(self, nc: Client, subjects: Subjects, kv: KeyValue, packages: ObjectStore,
-                 trust_path: Path, registry: WorkerRegistry) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        kv: KeyValue,
+        packages: ObjectStore,
+        trust_path: Path,
+        registry: WorkerRegistry,
+    ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.kv = kv
@@ -69,17 +76,24 @@ class AdminService:
         self._engine = _validator()
         self._service: Service | None = None
         self._handlers: dict[str, Callable[[Message], Awaitable[Message]]] = {
-            "deploy": self._deploy, "undeploy": self._undeploy, "list": self._list,
+            "deploy": self._deploy,
+            "undeploy": self._undeploy,
+            "list": self._list,
             "workers": self._workers,
         }
 
     async def start(self) -> None:
         self._service = await add_service(
-            self.nc, name=SERVICE_NAME, version=SERVICE_VERSION,
-            description="ForgeOne control plane", queue_group="forge-coordinators")
+            self.nc,
+            name=SERVICE_NAME,
+            version=SERVICE_VERSION,
+            description="ForgeOne control plane",
+            queue_group="forge-coordinators",
+        )
         for op in ADMIN_REQUESTS:
-            await self._service.add_endpoint(EndpointConfig(
-                name=op, subject=self.subjects.admin(op), handler=self._endpoint(op)))
+            await self._service.add_endpoint(
+                EndpointConfig(name=op, subject=self.subjects.admin(op), handler=self._endpoint(op))
+            )
 
     async def stop(self) -> None:
         if self._service is not None:
@@ -136,15 +150,23 @@ class AdminService:
         record = DeploymentRecord(
             plugin=m.name,
             versions=[VersionEntry(m.version, msg.digest, m, 100, pkg.key_id)],
-            config=msg.config, deployed_at_ms=int(time.time() * 1000))
+            config=msg.config,
+            deployed_at_ms=int(time.time() * 1000),
+        )
         revision = await self.kv.put(m.name, encode(record))
-        log.info("event=deployed plugin=%s version=%s digest=%s key=%s revision=%d", m.name,
-                 m.version, msg.digest[:12], pkg.key_id, revision)
+        log.info(
+            "event=deployed plugin=%s version=%s digest=%s key=%s revision=%d",
+            m.name,
+            m.version,
+            msg.digest[:12],
+            pkg.key_id,
+            revision,
+        )
         return DeployReply(record, revision)
 
     async def _forget_upload(self, digest: str) -> None:
         """Delete a rejected upload unless a live deployment still refers to it."""
-        for status in (await self._records()):
+        for status in await self._records():
             if any(v.digest == digest for v in status.versions):
                 return
         try:
@@ -194,6 +216,3 @@ class AdminService:
 
     async def _workers(self, msg: Message) -> Message:
         return WorkersReply(self.registry.alive())
-
-
-

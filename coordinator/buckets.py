@@ -13,14 +13,24 @@ from schemas.subjects import Subjects
 DEPLOYMENT_HISTORY = 64
 
 
-async def ensure_buckets(js: JetStreamContext, subjects: Subjects,
-                         replicas: int = 1) -> tuple[KeyValue, ObjectStore]:
-    kv = await js.create_key_value(KeyValueConfig(
-        bucket=subjects.deployments_bucket, history=DEPLOYMENT_HISTORY,
-        storage=StorageType.FILE, replicas=replicas,
-        description="ForgeOne desired deployments, one key per plugin"))
+async def ensure_buckets(
+    js: JetStreamContext, subjects: Subjects, replicas: int = 1
+) -> tuple[KeyValue, ObjectStore]:
+    kv = await js.create_key_value(
+        KeyValueConfig(
+            bucket=subjects.deployments_bucket,
+            history=DEPLOYMENT_HISTORY,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            description="ForgeOne desired deployments, one key per plugin",
+        )
+    )
     obj = await js.create_object_store(
         subjects.packages_bucket,
-        ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas,
-                          description="ForgeOne plugin packages by SHA-256"))
+        ObjectStoreConfig(
+            storage=StorageType.FILE,
+            replicas=replicas,
+            description="ForgeOne plugin packages by SHA-256",
+        ),
+    )
     return kv, obj

@@ -74,8 +74,10 @@ def cmd_pack(a: argparse.Namespace) -> int:
         return _fail(f"package would be rejected: {e.message}")
     out = Path(a.out or f"{manifest.name}-{manifest.version}.forgepkg")
     out.write_bytes(data)
-    print(f"packed {manifest.name}@{manifest.version} -> {out} ({len(data)} bytes, "
-          f"signed by {key_id(key.public_key())})")
+    print(
+        f"packed {manifest.name}@{manifest.version} -> {out} ({len(data)} bytes, "
+        f"signed by {key_id(key.public_key())})"
+    )
     return 0
 
 
@@ -95,8 +97,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 # --- commands that talk to the cluster ---------------------------------------------
-async def _with_client(a: argparse.Namespace,
-                       body: Callable[[ForgeClient], Awaitable[int]]) -> int:
+async def _with_client(a: argparse.Namespace, body: Callable[[ForgeClient], Awaitable[int]]) -> int:
     client = await ForgeClient.connect(a.nats_url, a.prefix, a.creds, persistent=False)
     try:
         return await body(client)
@@ -104,18 +105,20 @@ async def _with_client(a: argparse.Namespace,
         await client.close()
 
 
-async def cmd_deploy(a: argparse.Namespace) -> int:
+def cmd_deploy(a: argparse.Namespace) -> Awaitable[int]:
     data = Path(a.package).read_bytes()
     config = dict(_pairs(a.config, "--config"))
 
     async def body(c: ForgeClient) -> int:
         reply = await c.deploy(data, config)
         v = reply.record.active()
-        print(f"deployed {reply.record.plugin}@{v.version} digest={v.digest[:16]} "
-              f"revision={reply.revision}")
+        print(
+            f"deployed {reply.record.plugin}@{v.version} digest={v.digest[:16]} "
+            f"revision={reply.revision}"
+        )
         return 0
 
-    return await _with_client(a, body)
+    return _with_client(a, body)
 
 
 async def cmd_undeploy(a: argparse.Namespace) -> int:
@@ -129,7 +132,7 @@ async def cmd_undeploy(a: argparse.Namespace) -> int:
 
 async def cmd_list(a: argparse.Namespace) -> int:
     async def body(c: ForgeClient) -> int:
-        plugins = await c.list()
+        plugins = await c.plugins()
         if a.json:
             print(json.dumps([to_obj(p) for p in plugins], default=_json_default, indent=2))
             return 0
@@ -137,8 +140,10 @@ async def cmd_list(a: argparse.Namespace) -> int:
             print("no plugins deployed")
         for p in plugins:
             v = p.record.active()
-            print(f"{p.record.plugin:<20} {v.version:<10} ready on {len(p.ready_workers)} "
-                  f"worker(s)  fns: {', '.join(v.manifest.exports)}")
+            print(
+                f"{p.record.plugin:<20} {v.version:<10} ready on {len(p.ready_workers)} "
+                f"worker(s)  fns: {', '.join(v.manifest.exports)}"
+            )
             for w, err in p.failed_workers.items():
                 print(f"    FAILED on {w}: {err}")
         return 0
@@ -155,18 +160,22 @@ async def cmd_workers(a: argparse.Namespace) -> int:
         if not workers:
             print("no workers")
         for w in workers:
-            plugins = ", ".join(f"{p.plugin}@{p.version}" + ("" if p.state == "ready" else
-                                                              f"({p.state})") for p in w.plugins)
+            plugins = ", ".join(
+                f"{p.plugin}@{p.version}" + ("" if p.state == "ready" else f"({p.state})")
+                for p in w.plugins
+            )
             labels = ",".join(f"{k}={v}" for k, v in w.labels.items()) or "-"
-            print(f"{w.worker_id:<24} slots {w.slots_busy}/{w.slots_total}  calls "
-                  f"{w.calls_total}  rss {w.rss_bytes // (1024 * 1024)}MiB  labels {labels}  "
-                  f"plugins: {plugins or '-'}")
+            print(
+                f"{w.worker_id:<24} slots {w.slots_busy}/{w.slots_total}  calls "
+                f"{w.calls_total}  rss {w.rss_bytes // (1024 * 1024)}MiB  labels {labels}  "
+                f"plugins: {plugins or '-'}"
+            )
         return 0
 
     return await _with_client(a, body)
 
 
-async def cmd_invoke(a: argparse.Namespace) -> int:
+def cmd_invoke(a: argparse.Namespace) -> Awaitable[int]:
     if a.file:
         data = Path(a.file).read_bytes()
     elif a.data == "-" or (a.data is None and not sys.stdin.isatty()):
@@ -187,7 +196,7 @@ async def cmd_invoke(a: argparse.Namespace) -> int:
             raise result.error.to_exception()
         return 0
 
-    return await _with_client(a, body)
+    return _with_client(a, body)
 
 
 def cmd_coordinator(a: argparse.Namespace) -> int:
@@ -195,8 +204,14 @@ def cmd_coordinator(a: argparse.Namespace) -> int:
 
     _setup_logging()
     settings = CoordinatorSettings(
-        nats_url=a.nats_url, prefix=a.prefix, trust_store=Path(a.trust), replicas=a.replicas,
-        status_host=a.status_host, status_port=a.status_port, credentials=a.creds)
+        nats_url=a.nats_url,
+        prefix=a.prefix,
+        trust_store=Path(a.trust),
+        replicas=a.replicas,
+        status_host=a.status_host,
+        status_port=a.status_port,
+        credentials=a.creds,
+    )
     return uvloop.run(run_coordinator(settings))
 
 
@@ -227,21 +242,32 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="forgeone", description="Run untrusted WebAssembly plugins "
-                                "on a cluster of workers joined by NATS.")
+    p = argparse.ArgumentParser(
+        prog="forgeone",
+        description="Run untrusted WebAssembly plugins on a cluster of workers joined by NATS.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def bus(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--nats-url", default=env_default("FORGE_NATS_URL", DEFAULT_URL),
-                        help="NATS server URL(s), comma-separated (env FORGE_NATS_URL)")
+        sp.add_argument(
+            "--nats-url",
+            default=env_default("FORGE_NATS_URL", DEFAULT_URL),
+            help="NATS server URL(s), comma-separated (env FORGE_NATS_URL)",
+        )
         sp.add_argument("--prefix", default=env_default("FORGE_PREFIX", "forge"))
-        sp.add_argument("--creds", default=os.environ.get("FORGE_NATS_CREDS"),
-                        help="NATS credentials file (env FORGE_NATS_CREDS)")
+        sp.add_argument(
+            "--creds",
+            default=os.environ.get("FORGE_NATS_CREDS"),
+            help="NATS credentials file (env FORGE_NATS_CREDS)",
+        )
         return sp
 
     trust_default = env_default("FORGE_TRUST", "trust.json")
@@ -304,8 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--port", type=int, default=4222, help="NATS client port")
     s.add_argument("--plugins", default="plugins", help="folder of example plugins")
-    s.add_argument("--once", action="store_true",
-                   help="stop after the example calls instead of serving until Ctrl-C")
+    s.add_argument(
+        "--once",
+        action="store_true",
+        help="stop after the example calls instead of serving until Ctrl-C",
+    )
     s.set_defaults(func=cmd_dev)
     return p
 

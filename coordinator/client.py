@@ -18,6 +18,7 @@ from schemas.codec import DecodeError, Message, decode, decode_any, encode
 from schemas.errors import (
     BadRequest,
     ForgeError,
+    InputTooLarge,
     InternalError,
     NoWorkers,
     PluginNotFound,
@@ -63,8 +64,13 @@ class ForgeClient:
         self._kv: KeyValue | None = None
 
     @classmethod
-    async def connect(cls, url: str = "nats://127.0.0.1:4222", prefix: str = "forge",
-                      credentials: str | None = None, persistent: bool = True) -> ForgeClient:
+    async def connect(
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        prefix: str = "forge",
+        credentials: str | None = None,
+        persistent: bool = True,
+    ) -> ForgeClient:
         """Connect to NATS; raises Unavailable when no server answers."""
         return cls(await connect(url, "forge-client", credentials, persistent), prefix)
 
@@ -79,8 +85,15 @@ class ForgeClient:
         await self.close()
 
     # --- calls ---------------------------------------------------------------
-    async def invoke(self, plugin: str, fn: str, data: bytes = b"", timeout: float = 5.0,
-                     version: str | None = None, traceparent: str | None = None) -> bytes:
+    async def invoke(
+        self,
+        plugin: str,
+        fn: str,
+        data: bytes = b"",
+        timeout: float = 5.0,
+        version: str | None = None,
+        traceparent: str | None = None,
+    ) -> bytes:
         """Call ``fn`` of ``plugin`` with ``data``; return its output or raise a ForgeError."""
         result = await self.invoke_result(plugin, fn, data, timeout, version, traceparent)
         if not result.ok:
@@ -88,9 +101,15 @@ class ForgeClient:
             raise result.error.to_exception()
         return result.output
 
-    async def invoke_result(self, plugin: str, fn: str, data: bytes = b"",
-                            timeout: float = 5.0, version: str | None = None,
-                            traceparent: str | None = None) -> CallResult:
+    async def invoke_result(
+        self,
+        plugin: str,
+        fn: str,
+        data: bytes = b"",
+        timeout: float = 5.0,
+        version: str | None = None,
+        traceparent: str | None = None,
+    ) -> CallResult:
         """Like :meth:`invoke`, but return the whole result (worker, version, duration...)."""
         if timeout <= 0:
             raise BadRequest("timeout must be positive")
@@ -101,17 +120,28 @@ class ForgeClient:
         if traceparent:
             headers[HEADER_TRACEPARENT] = traceparent
         try:
-            msg = await self.nc.request(subject, encode(InvokeRequest(bytes(data))),
-                                        timeout=timeout + REPLY_GRACE_S, headers=headers)
+            msg = await self.nc.request(
+                subject,
+                encode(InvokeRequest(bytes(data))),
+                timeout=timeout + REPLY_GRACE_S,
+                headers=headers,
+            )
         except nats.errors.NoRespondersError:
             raise await self._nobody_serves(plugin) from None
         except nats.errors.TimeoutError:
             raise Timeout(f"no reply from {plugin}.{fn} within {timeout}s") from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.ConnectionDrainingError, OSError) as e:
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.ConnectionDrainingError,
+            OSError,
+        ) as e:
             raise Unavailable(f"NATS connection: {type(e).__name__}") from None
-        except nats.errors.MaxPayloadError as e:
-            raise BadRequest(f"request too large for the server: {e}") from None
+        except nats.errors.MaxPayloadError:
+            raise InputTooLarge(
+                f"input of {len(data)} bytes is over the NATS server's "
+                f"max_payload of {self.nc.max_payload}"
+            ) from None
         try:
             return decode(CallResult, msg.data)
         except DecodeError as e:
@@ -130,13 +160,15 @@ class ForgeClient:
         return NoWorkers(f"plugin {plugin!r} is deployed but no worker serves it yet")
 
     # --- administration -------------------------------------------------------
-    async def _admin(self, op: str, req: Message, reply_type: type[Message],
-                     timeout: float = ADMIN_TIMEOUT_S) -> Message:
+    async def _admin(
+        self, op: str, req: Message, reply_type: type[Message], timeout: float = ADMIN_TIMEOUT_S
+    ) -> Message:
         try:
             msg = await self.nc.request(self.subjects.admin(op), encode(req), timeout=timeout)
         except nats.errors.NoRespondersError:
-            raise Unavailable("no coordinator is running (no responders on the admin "
-                              "service)") from None
+            raise Unavailable(
+                "no coordinator is running (no responders on the admin service)"
+            ) from None
         except nats.errors.TimeoutError:
             raise Unavailable(f"the coordinator did not answer {op!r} within {timeout}s") from None
         try:
@@ -164,7 +196,8 @@ class ForgeClient:
     async def undeploy(self, plugin: str) -> None:
         await self._admin("undeploy", UndeployRequest(plugin), UndeployReply)
 
-    async def list(self) -> list[PluginStatus]:
+    async def plugins(self) -> list[PluginStatus]:
+        """Every deployment, with the workers that have it ready."""
         reply = await self._admin("list", ListRequest(), ListReply)
         assert isinstance(reply, ListReply)
         return reply.plugins

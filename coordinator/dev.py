@@ -84,8 +84,9 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+            )
         self.procs.append((name, proc))
 
     def stop(self) -> None:
@@ -101,16 +102,21 @@ class Processes:
                 proc.wait()
 
 
-async def _wait_ready(client: ForgeClient, plugins: list[str], workers: int,
-                      timeout_s: float) -> None:
+async def _wait_ready(
+    client: ForgeClient, plugins: list[str], workers: int, timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            statuses = {p.record.plugin: p for p in await client.list()}
+            statuses = {p.record.plugin: p for p in await client.plugins()}
             if all(p in statuses and len(statuses[p].ready_workers) >= workers for p in plugins):
                 return
-            failed = [f"{p}: {err}" for p in plugins if p in statuses
-                      for err in statuses[p].failed_workers.values()]
+            failed = [
+                f"{p}: {err}"
+                for p in plugins
+                if p in statuses
+                for err in statuses[p].failed_workers.values()
+            ]
             if failed:
                 raise RuntimeError("plugins failed to load: " + "; ".join(failed))
         except ForgeError:
@@ -147,8 +153,13 @@ async def _demo(url: str, packages: list[Path], workers: int, once: bool) -> Non
             except ForgeError as e:
                 print(f"  {plugin}.{fn}({data[:40]!r}) -> {e}")
                 continue
-            shown = (r.output.decode(errors="replace") if r.ok else
-                     f"{r.error.code.value}: {r.error.message}" if r.error else "?")
+            shown = (
+                r.output.decode(errors="replace")
+                if r.ok
+                else f"{r.error.code.value}: {r.error.message}"
+                if r.error
+                else "?"
+            )
             print(f"  {plugin}.{fn}({data[:40]!r}) -> {shown}   [{r.worker}, {r.duration_us} us]")
         if once:
             return
@@ -156,13 +167,15 @@ async def _demo(url: str, packages: list[Path], workers: int, once: bool) -> Non
         last_calls, last_t = None, time.monotonic()
         while True:
             ws = await client.workers()
-            plugins = await client.list()
+            plugins = await client.plugins()
             calls = sum(w.calls_total for w in ws)
             now = time.monotonic()
             rate = 0.0 if last_calls is None else (calls - last_calls) / (now - last_t)
             last_calls, last_t = calls, now
-            line = (f"workers up: {len(ws)} | plugins deployed: {len(plugins)} | "
-                    f"calls/s: {rate:.1f} | calls total: {calls}")
+            line = (
+                f"workers up: {len(ws)} | plugins deployed: {len(plugins)} | "
+                f"calls/s: {rate:.1f} | calls total: {calls}"
+            )
             print("\r" + line.ljust(78), end="", flush=True)
             await asyncio.sleep(1.0)  # status refresh period
     finally:
@@ -178,8 +191,11 @@ def run_dev(a: argparse.Namespace) -> int:
     try:
         nats.start()
     except TimeoutError as e:
-        print(f"forgeone dev: nats-server did not start ({e}); is port {a.port} free? "
-              f"See {base / 'nats-server.log'}", file=sys.stderr)
+        print(
+            f"forgeone dev: nats-server did not start ({e}); is port {a.port} free? "
+            f"See {base / 'nats-server.log'}",
+            file=sys.stderr,
+        )
         return 1
     print(f"nats-server with JetStream on {nats.url} (data in {base / 'nats'})")
     env = {**os.environ, "FORGE_NATS_URL": nats.url, "FORGE_TRUST": str(trust_path)}
@@ -187,9 +203,19 @@ def run_dev(a: argparse.Namespace) -> int:
     try:
         procs.start("coordinator", [sys.executable, "-m", "coordinator", "coordinator"], env)
         for i in range(a.workers):
-            procs.start(f"worker-{i + 1}", [sys.executable, "-m", "worker", "--id",
-                                            f"worker-{i + 1}", "--cache-dir",
-                                            str(base / "cache")], env)
+            procs.start(
+                f"worker-{i + 1}",
+                [
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "--id",
+                    f"worker-{i + 1}",
+                    "--cache-dir",
+                    str(base / "cache"),
+                ],
+                env,
+            )
         print(f"coordinator and {a.workers} workers started (logs in {base / 'logs'})")
         uvloop.run(_demo(nats.url, packages, a.workers, a.once))
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MAX_PAYLOAD = 8 * 1024 * 1024
+
 
 def server_binary() -> str:
     """The nats-server executable: next to this Python first, then on PATH."""
@@ -67,19 +69,38 @@ class NatsServer:
         if not self.port:
             self.port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host,
-                "-p", str(self.port), "-n", self.name]
-        if self.config_file is not None:
-            args += ["-c", str(self.config_file)]
+        config = self.config_file
+        if config is None:  # room for 8 MiB calls (a plugin's own cap is usually lower)
+            config = self.store_dir / "nats.conf"
+            config.write_text(f"max_payload: {MAX_PAYLOAD}\n")
+        args = [
+            server_binary(),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-n",
+            self.name,
+            "-c",
+            str(config),
+        ]
         if self.cluster_port:
-            args += ["--cluster_name", "forge", "--cluster",
-                     f"nats://{self.host}:{self.cluster_port}"]
+            args += [
+                "--cluster_name",
+                "forge",
+                "--cluster",
+                f"nats://{self.host}:{self.cluster_port}",
+            ]
             if self.routes:
                 args += ["--routes", ",".join(self.routes)]
         args += self.extra_args
         log = open(self.log_file or self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
         try:
             wait_for_port(self.host, self.port, timeout_s)

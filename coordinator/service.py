@@ -34,8 +34,11 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
         return (True, "ok") if nc.is_connected else (False, "not connected to NATS")
 
     http = serve_status(settings.status_host, settings.status_port, metrics.REGISTRY, ready)
-    log.info("event=coordinator_started status=http://%s:%d/metrics", settings.status_host,
-             http.server_port)
+    log.info(
+        "event=coordinator_started status=http://%s:%d/metrics",
+        settings.status_host,
+        http.server_port,
+    )
     print(f"coordinator ready status_port={http.server_port}", flush=True)
 
     stop = asyncio.Event()

@@ -11,12 +11,13 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 
 class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def serve_status(host: str, port: int, registry: CollectorRegistry,
-                 ready: Callable[[], tuple[bool, str]]) -> WSGIServer:
+def serve_status(
+    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]
+) -> WSGIServer:
     """Start serving in a daemon thread; ``ready`` says whether /readyz is 200 and why not."""
     metrics_app = make_wsgi_app(registry)
 
@@ -24,8 +25,9 @@ def serve_status(host: str, port: int, registry: CollectorRegistry,
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/readyz"):
             ok, why = (True, "ok") if path == "/healthz" else ready()
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain")])
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
             return [why.encode() + b"\n"]
         result: Iterable[bytes] = metrics_app(environ, start_response)
         return result

@@ -17,6 +17,9 @@ FORGE_V1_IMPORTS: dict[str, FuncSig] = {
     "set_error": FuncSig(("i32", "i32"), ()),
 }
 
+#: Host functions usable only when the manifest requests the permission.
+IMPORT_PERMISSIONS: dict[str, str] = {"log": "log"}
+
 HANDLER_SIG = FuncSig(("i32", "i32"), ("i64",))
 ALLOC_SIG = FuncSig(("i32",), ("i32",))
 DEALLOC_SIG = FuncSig(("i32", "i32"), ())
@@ -38,6 +41,12 @@ def check_abi(manifest: Manifest, shape: ModuleShape) -> list[str]:
             problems.append(f"import {imp.module}.{imp.name} has type {imp.sig}, expected {want}")
     if unknown:
         problems.append("unknown imports: " + ", ".join(sorted(unknown)))
+    for imp in shape.imports:
+        needs = IMPORT_PERMISSIONS.get(imp.name) if imp.module == HOST_MODULE else None
+        if needs and needs not in manifest.permissions:
+            problems.append(
+                f"import {imp.module}.{imp.name} needs permission {needs!r} in the manifest"
+            )
     mem = shape.exports.get("memory")
     if mem is None or mem.kind != "memory":
         problems.append("module does not export its memory as 'memory'")
@@ -51,6 +60,7 @@ def check_abi(manifest: Manifest, shape: ModuleShape) -> list[str]:
         elif exp.kind != "func" or exp.sig != sig:
             problems.append(f"export {name!r} has type {exp.sig or exp.kind}, expected {sig}")
     return problems
+
 
 #: wasmtime ``Config`` switches every engine that runs or validates plugins uses.
 #: Only what the ABIs need is on; threads (and shared memory), memory64,

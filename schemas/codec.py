@@ -260,6 +260,6 @@ def decode_any(data: bytes | bytearray | memoryview, *classes: type[Message]) ->
         raise DecodeError(f"expected map, got {type(obj).__name__}")
     kind = obj.get("kind")
     for cls in classes:
-        if cls.KIND == kind:
+        if kind == cls.KIND:
             return from_obj(cls, obj)
     raise DecodeError(f"kind: {kind!r} is not one of {[c.KIND for c in classes]}")

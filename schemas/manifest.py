@@ -28,9 +28,11 @@ MIB = 1024 * 1024
 class Limits(Struct):
     """Per-call and per-plugin limits requested by the manifest (a worker may cap them)."""
 
-    timeout_ms: int = field_spec(default=5000, ge=1, le=15 * 60 * 1000, doc="Wall-clock deadline.")
+    timeout_ms: int = field_spec(default=5000, ge=1, le=15 * 60 * 1000, doc="Call deadline.")
     memory_mb: int = field_spec(default=64, ge=1, le=4096, doc="Linear memory ceiling.")
-    fuel: int | None = field_spec(default=None, ge=1, doc="Instruction budget per call; off if unset.")
+    fuel: int | None = field_spec(
+        default=None, ge=1, doc="Instruction budget per call; off if unset."
+    )
     max_input_bytes: int = field_spec(default=MIB, ge=0, le=64 * MIB, doc="Input size cap.")
     max_output_bytes: int = field_spec(default=MIB, ge=0, le=64 * MIB, doc="Output size cap.")
     pool_size: int = field_spec(default=4, ge=1, le=256, doc="Most warm instances kept.")

@@ -38,8 +38,11 @@ MAX_PACKAGE_BYTES = 32 * 1024 * 1024
 MAX_WASM_BYTES = 24 * 1024 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_SIGNATURE_BYTES = 4 * 1024
-_CAPS = {MANIFEST_ENTRY: MAX_MANIFEST_BYTES, WASM_ENTRY: MAX_WASM_BYTES,
-         SIGNATURE_ENTRY: MAX_SIGNATURE_BYTES}
+_CAPS = {
+    MANIFEST_ENTRY: MAX_MANIFEST_BYTES,
+    WASM_ENTRY: MAX_WASM_BYTES,
+    SIGNATURE_ENTRY: MAX_SIGNATURE_BYTES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +99,10 @@ def _read_entries(data: bytes) -> dict[str, bytes]:
     seen: set[str] = set()
     for info in infos:
         name = info.filename
-        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or (
-            ":" in name
+        if (
+            name.startswith(("/", "\\"))
+            or ".." in name.replace("\\", "/").split("/")
+            or (":" in name)
         ):
             raise _reject(f"archive entry {name!r} is a path traversal attempt")
         if name in seen:
@@ -159,8 +164,10 @@ def verify_package(data: bytes, trust: TrustStore) -> VerifiedPackage:
     wasm = entries[WASM_ENTRY]
     actual = hashlib.sha256(wasm).hexdigest()
     if actual != manifest.wasm_sha256:
-        raise _reject(f"module digest {actual[:16]}… does not match the manifest's "
-                      f"{manifest.wasm_sha256[:16]}… (tampered module)")
+        raise _reject(
+            f"module digest {actual[:16]}… does not match the manifest's "
+            f"{manifest.wasm_sha256[:16]}… (tampered module)"
+        )
     try:
         shape = read_shape(wasm)
     except WasmShapeError as e:

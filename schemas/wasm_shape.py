@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 
 MAGIC = b"\x00asm\x01\x00\x00\x00"
 
-VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128",
-            0x70: "funcref", 0x6F: "externref"}
+VALTYPES = {
+    0x7F: "i32",
+    0x7E: "i64",
+    0x7D: "f32",
+    0x7C: "f64",
+    0x7B: "v128",
+    0x70: "funcref",
+    0x6F: "externref",
+}
 KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import wasmtime
 
@@ -69,7 +70,7 @@ def _host_log(level: int, ptr: int, length: int) -> None:
     st = _state()
     data = _guest_bytes(st, ptr, length, "forge.log", MAX_LOG_LINE)
     if len(st.logs) < MAX_LOG_LINES:
-        st.logs.append((min(max(level, 0), 3), data.decode("utf-8", "replace")))
+        st.logs.append((level if 0 <= level <= 3 else 1, data.decode("utf-8", "replace")))
 
 
 def _host_set_error(ptr: int, length: int) -> None:
@@ -77,7 +78,7 @@ def _host_set_error(ptr: int, length: int) -> None:
     st.error = _guest_bytes(st, ptr, length, "forge.set_error", 8192).decode("utf-8", "replace")
 
 
-_HOST_FUNCS = {"log": _host_log, "set_error": _host_set_error}
+_HOST_FUNCS: dict[str, Callable[..., None]] = {"log": _host_log, "set_error": _host_set_error}
 
 
 def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasmtime.FuncType:
@@ -88,8 +89,9 @@ def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasm
 class ForgeV1Runtime:
     """One compiled forge/1 plugin version; makes instances."""
 
-    def __init__(self, engines: Engines, manifest: Manifest, module: wasmtime.Module,
-                 caps: WorkerCaps) -> None:
+    def __init__(
+        self, engines: Engines, manifest: Manifest, module: wasmtime.Module, caps: WorkerCaps
+    ) -> None:
         self.manifest = manifest
         self.engines = engines
         self.engine = engines.get(engine_settings_for(manifest))
@@ -99,8 +101,9 @@ class ForgeV1Runtime:
         self.table_elements = limits.max_table_elements
         linker = wasmtime.Linker(self.engine)
         for name, sig in FORGE_V1_IMPORTS.items():
-            linker.define_func(HOST_MODULE, name, _functype(sig.params, sig.results),
-                               _HOST_FUNCS[name])
+            linker.define_func(
+                HOST_MODULE, name, _functype(sig.params, sig.results), _HOST_FUNCS[name]
+            )
         self.pre = linker.instantiate_pre(module)
         exported = {e.name for e in module.exports}
         self.has_dealloc = "dealloc" in exported
@@ -119,8 +122,13 @@ class ForgeV1Instance:
         self.broken = False
         self.logs: list[tuple[int, str]] = []
         store = wasmtime.Store(rt.engine)
-        store.set_limits(memory_size=rt.memory_bytes, table_elements=rt.table_elements,
-                         instances=2, tables=4, memories=1)
+        store.set_limits(
+            memory_size=rt.memory_bytes,
+            table_elements=rt.table_elements,
+            instances=2,
+            tables=4,
+            memories=1,
+        )
         self.store = store
         self._fuel = rt.manifest.limits.fuel
         self._arm(LIFECYCLE_TIMEOUT_S)
@@ -147,8 +155,9 @@ class ForgeV1Instance:
             self._alloc = fn("alloc", ("i32",), ("i32",))
             self._dealloc = fn("dealloc", ("i32", "i32"), ()) if rt.has_dealloc else None
             self._shutdown = fn("shutdown", (), ()) if rt.has_shutdown else None
-            self._handlers = {name: fn(name, ("i32", "i32"), ("i64",))
-                              for name in rt.manifest.exports}
+            self._handlers = {
+                name: fn(name, ("i32", "i32"), ("i64",)) for name in rt.manifest.exports
+            }
             if rt.has_init:
                 try:
                     rc = fn("init", (), ("i32",))()
@@ -167,45 +176,60 @@ class ForgeV1Instance:
             self.store.set_fuel(self._fuel)
 
     def call(self, fn: str, data: bytes, timeout_s: float) -> Invocation:
+        """One call, following docs/abi.md section 4 step by step."""
         handler = self._handlers[fn]
         st = _CallState(self.memory)
         self._arm(timeout_s)
         _current.state = st
         started = time.perf_counter_ns()
         try:
-            in_ptr = 0
+            in_ptr = (self._alloc(len(data)) or 0) & 0xFFFFFFFF
             if data:
-                in_ptr = self._alloc(len(data)) or 0
                 if in_ptr == 0:
                     raise OutOfMemory(f"alloc({len(data)}) returned 0")
-                self.memory.write(in_ptr & 0xFFFFFFFF, data, "input buffer from alloc")
-            packed = handler(in_ptr, len(data)) or 0
-            packed &= 0xFFFFFFFFFFFFFFFF
+                self.memory.write(in_ptr, data, "input block from alloc")
+            packed = (handler(in_ptr, len(data)) or 0) & 0xFFFFFFFFFFFFFFFF
             out_ptr, out_len = packed >> 32, packed & 0xFFFFFFFF
+            output = b""
+            error: ForgeError | None = None
             if st.error is not None:
-                raise PluginError(st.error)
-            if out_len > self.rt.max_output:
+                error = PluginError(st.error)
+            elif out_len > self.rt.max_output:
                 raise OutputTooLarge(f"output of {out_len} bytes exceeds {self.rt.max_output}")
-            output = self.memory.read(out_ptr, out_len, "output")
-            if self._dealloc is not None:
-                if data:
-                    self._dealloc(in_ptr, len(data))
-                if out_len:
-                    self._dealloc(out_ptr, out_len)
+            else:
+                output = self.memory.read(out_ptr, out_len, "output")
+            self._release(in_ptr, len(data), out_ptr, out_len)
         except GuestTrap as e:
             self.broken = True
             raise self._classify(e, st) from None
-        except (Trap, OutOfMemory):
+        except ForgeError:
             self.broken = True
             raise
         finally:
             _current.state = None
             self.logs = st.logs
+        if error is not None:
+            raise error
         duration_us = (time.perf_counter_ns() - started) // 1000
         fuel_used = None
         if self._fuel is not None:
             fuel_used = self._fuel - self.store.get_fuel()
         return Invocation(output, st.logs, fuel_used, duration_us)
+
+    def _release(self, in_ptr: int, in_len: int, out_ptr: int, out_len: int) -> None:
+        """Hand the output, then the input, back to the guest's ``dealloc``.
+
+        A trap here discards the instance but does not change the call's result.
+        """
+        if self._dealloc is None:
+            return
+        try:
+            if out_ptr:
+                self._dealloc(out_ptr, out_len)
+            if in_ptr:
+                self._dealloc(in_ptr, in_len)
+        except GuestTrap:
+            self.broken = True
 
     def _classify(self, e: GuestTrap, st: _CallState) -> ForgeError:
         """Map a trap to the typed error a caller sees."""
@@ -219,8 +243,10 @@ class ForgeV1Instance:
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return Trap("stack overflow")
         if st.memory is not None and st.memory.size() + WASM_PAGE > self.rt.memory_bytes:
-            return OutOfMemory(f"memory ceiling of {self.rt.memory_bytes // (1024 * 1024)} MiB "
-                               f"reached ({_first_line(str(e))})")
+            return OutOfMemory(
+                f"memory ceiling of {self.rt.memory_bytes // (1024 * 1024)} MiB "
+                f"reached ({_first_line(str(e))})"
+            )
         return Trap(_first_line(str(e)))
 
     def close(self, graceful: bool) -> None:

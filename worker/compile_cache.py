@@ -56,8 +56,10 @@ class CompileCache:
             blob = None
         if blob is not None:
             body = blob[len(MAGIC) + 32 :]
-            if blob.startswith(MAGIC) and hashlib.sha256(body).digest() == blob[len(MAGIC) :
-                                                                              len(MAGIC) + 32]:
+            if (
+                blob.startswith(MAGIC)
+                and hashlib.sha256(body).digest() == blob[len(MAGIC) : len(MAGIC) + 32]
+            ):
                 try:
                     module = wasmtime.Module.deserialize(engine, body)
                     self._on_result("hit")

@@ -36,8 +36,14 @@ class _Desired:
 
 
 class DeploymentWatcher:
-    def __init__(self, kv: KeyValue, loader: Loader, hosted: dict[str, HostedPlugin],
-                 server: InvokeServer, executor: Executor) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        loader: Loader,
+        hosted: dict[str, HostedPlugin],
+        server: InvokeServer,
+        executor: Executor,
+    ) -> None:
         self.kv = kv
         self.loader = loader
         self.hosted = hosted
@@ -117,8 +123,12 @@ class DeploymentWatcher:
             except ForgeError as e:
                 hp.failed[entry.version] = e.message
                 metrics.PLUGINS_LOADED.labels("failed").inc()
-                log.error("event=load_failed plugin=%s version=%s error=%s", plugin,
-                          entry.version, e.message)
+                log.error(
+                    "event=load_failed plugin=%s version=%s error=%s",
+                    plugin,
+                    entry.version,
+                    e.message,
+                )
                 continue
             finally:
                 metrics.PLUGINS_LOADED.labels("loading").dec()
@@ -127,8 +137,12 @@ class DeploymentWatcher:
                 self._drain(current)
             hp.versions[entry.version] = hv
             metrics.PLUGINS_LOADED.labels("ready").inc()
-            log.info("event=version_ready plugin=%s version=%s digest=%s", plugin, entry.version,
-                     entry.digest[:12])
+            log.info(
+                "event=version_ready plugin=%s version=%s digest=%s",
+                plugin,
+                entry.version,
+                entry.digest[:12],
+            )
         for version in [v for v in hp.versions if v not in wanted]:
             self._drain(hp.versions.pop(version))
         for version in [v for v in hp.failed if v not in wanted]:
@@ -166,6 +180,7 @@ class DeploymentWatcher:
     def _drain(self, hv: HostedVersion) -> None:
         metrics.PLUGINS_LOADED.labels("ready").dec()
         task = asyncio.create_task(
-            hv.drain(self.executor, hv.manifest.limits.timeout_ms / 1000 + 1))
+            hv.drain(self.executor, hv.manifest.limits.timeout_ms / 1000 + 1)
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)

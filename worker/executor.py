@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from . import metrics
 from .pool import InstancePool, Outcome
+
+T = TypeVar("T")
 
 
 class Executor:
@@ -35,7 +39,7 @@ class Executor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, self._run, pool, fn, data, deadline)
 
-    async def blocking(self, func, *args):  # type: ignore[no-untyped-def]
+    async def blocking(self, func: Callable[..., T], *args: object) -> T:
         """Run other blocking work (warm-up, shutdown hooks) on a slot."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, func, *args)

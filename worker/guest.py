@@ -33,8 +33,13 @@ class RawFunc:
 
     __slots__ = ("_ctx", "_func", "_nparams", "_nresults", "_params", "_results", "_store")
 
-    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, params: tuple[str, ...],
-                 results: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        store: wasmtime.Store,
+        func: wasmtime.Func,
+        params: tuple[str, ...],
+        results: tuple[str, ...],
+    ) -> None:
         self._store = store  # keeps the context alive
         self._ctx = store._context()
         self._func = func._func
@@ -55,8 +60,15 @@ class RawFunc:
             else:
                 params[i].of.i64 = a
         trap = POINTER(ffi.wasm_trap_t)()
-        err = ffi.wasmtime_func_call(self._ctx, byref(self._func), params, self._nparams,
-                                     self._results, self._nresults, byref(trap))
+        err = ffi.wasmtime_func_call(
+            self._ctx,
+            byref(self._func),
+            params,
+            self._nparams,
+            self._results,
+            self._nresults,
+            byref(trap),
+        )
         if err:
             e = wasmtime.WasmtimeError._from_ptr(err)
             raise GuestTrap(str(e), None)

@@ -32,9 +32,17 @@ def rss_bytes() -> int:
 
 
 class Heartbeats:
-    def __init__(self, nc: Client, subjects: Subjects, worker_id: str, labels: dict[str, str],
-                 interval_s: float, hosted: dict[str, HostedPlugin], executor: Executor,
-                 server: InvokeServer) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        worker_id: str,
+        labels: dict[str, str],
+        interval_s: float,
+        hosted: dict[str, HostedPlugin],
+        executor: Executor,
+        server: InvokeServer,
+    ) -> None:
         self.nc = nc
         self.subject = subjects.heartbeat(worker_id)
         self.worker_id = worker_id
@@ -51,14 +59,24 @@ class Heartbeats:
             plugins.extend(hv.status() for hv in hp.versions.values())
             plugins.extend(
                 LoadedPlugin(hp.record.plugin, v, "", "failed", err[:2048])
-                for v, err in hp.failed.items())
+                for v, err in hp.failed.items()
+            )
         return Heartbeat(
-            worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-            software_version=SOFTWARE_VERSION, started_at_ms=self.started_at_ms,
-            sent_at_ms=int(time.time() * 1000), interval_ms=int(self.interval_s * 1000),
-            slots_total=self.executor.slots, slots_busy=max(0, self.executor.busy),
-            calls_total=self.server.calls_total, errors_total=self.server.errors_total,
-            rss_bytes=rss_bytes(), labels=self.labels, plugins=plugins, stopping=stopping,
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            software_version=SOFTWARE_VERSION,
+            started_at_ms=self.started_at_ms,
+            sent_at_ms=int(time.time() * 1000),
+            interval_ms=int(self.interval_s * 1000),
+            slots_total=self.executor.slots,
+            slots_busy=max(0, self.executor.busy),
+            calls_total=self.server.calls_total,
+            errors_total=self.server.errors_total,
+            rss_bytes=rss_bytes(),
+            labels=self.labels,
+            plugins=plugins,
+            stopping=stopping,
         )
 
     async def send(self, stopping: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,10 +19,17 @@ from .runtime import PluginRuntime
 
 
 class HostedVersion:
-    """One ready plugin version: admits at most ``pool_size`` calls at once, queues a bounded few."""
+    """One ready plugin version: runs at most ``pool_size`` calls at once, queues a bounded few."""
 
-    def __init__(self, plugin: str, version: str, digest: str, runtime: PluginRuntime,
-                 pool_size: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        version: str,
+        digest: str,
+        runtime: PluginRuntime,
+        pool_size: int,
+        max_queue: int,
+    ) -> None:
         self.plugin = plugin
         self.version = version
         self.digest = digest
@@ -68,17 +76,22 @@ class HostedVersion:
     async def drain(self, executor: Executor, timeout_s: float) -> None:
         """Take no new calls, let in-flight ones finish (bounded), then close the pool."""
         self.draining = True
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle_event.wait(), timeout_s)
-        except TimeoutError:
-            pass
         await executor.blocking(self.pool.close)
         metrics.POOL_INSTANCES.remove(self.plugin, self.version, "busy")
         metrics.POOL_INSTANCES.remove(self.plugin, self.version, "idle")
 
     def status(self) -> LoadedPlugin:
-        return LoadedPlugin(self.plugin, self.version, self.digest, "ready", "",
-                            self.pool.idle, self.running - self.waiting)
+        return LoadedPlugin(
+            self.plugin,
+            self.version,
+            self.digest,
+            "ready",
+            "",
+            self.pool.idle,
+            self.running - self.waiting,
+        )
 
 
 @dataclass
@@ -97,12 +110,16 @@ class HostedPlugin:
             if v is None or v.draining:
                 raise PluginNotFound(f"{self.record.plugin} has no ready version {pin!r}")
             return v
-        ready = [(e.weight, self.versions[e.version]) for e in self.record.versions
-                 if e.version in self.versions and not self.versions[e.version].draining]
+        ready = [
+            (e.weight, self.versions[e.version])
+            for e in self.record.versions
+            if e.version in self.versions and not self.versions[e.version].draining
+        ]
         if not ready:
             why = "; ".join(f"{v}: {e}" for v, e in self.failed.items())
-            raise PluginNotFound(f"{self.record.plugin} has no ready version here"
-                                 + (f" ({why})" if why else ""))
+            raise PluginNotFound(
+                f"{self.record.plugin} has no ready version here" + (f" ({why})" if why else "")
+            )
         total = sum(w for w, _ in ready)
         if total <= 0:
             return ready[0][1]

@@ -35,9 +35,16 @@ PENDING_MSGS = 65536
 
 
 class InvokeServer:
-    def __init__(self, nc: Client, subjects: Subjects, hosted: dict[str, HostedPlugin],
-                 executor: Executor, syscalls: SyscallBus, worker_id: str,
-                 caps: WorkerCaps) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        hosted: dict[str, HostedPlugin],
+        executor: Executor,
+        syscalls: SyscallBus,
+        worker_id: str,
+        caps: WorkerCaps,
+    ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.hosted = hosted
@@ -53,8 +60,12 @@ class InvokeServer:
     async def subscribe(self, plugin: str) -> None:
         if plugin not in self._subs:
             self._subs[plugin] = await self.nc.subscribe(
-                self.subjects.invoke_plugin(plugin), queue=INVOKE_QUEUE, cb=self._on_msg,
-                pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=512 * 1024 * 1024)
+                self.subjects.invoke_plugin(plugin),
+                queue=INVOKE_QUEUE,
+                cb=self._on_msg,
+                pending_msgs_limit=PENDING_MSGS,
+                pending_bytes_limit=512 * 1024 * 1024,
+            )
 
     async def unsubscribe(self, plugin: str) -> None:
         sub = self._subs.pop(plugin, None)
@@ -85,8 +96,12 @@ class InvokeServer:
             result = CallResult.failure(e, plugin=plugin, fn=fn, worker=self.worker_id)
         except Exception as e:
             log.exception("event=invoke_failed plugin=%s fn=%s", plugin, fn)
-            result = CallResult.failure(InternalError(f"{type(e).__name__}: {e}"), plugin=plugin,
-                                        fn=fn, worker=self.worker_id)
+            result = CallResult.failure(
+                InternalError(f"{type(e).__name__}: {e}"),
+                plugin=plugin,
+                fn=fn,
+                worker=self.worker_id,
+            )
         outcome = "ok" if result.ok else (result.error.code.value if result.error else "error")
         self.calls_total += 1
         if not result.ok:
@@ -103,8 +118,9 @@ class InvokeServer:
         if logs:
             await self.syscalls.logs(plugin, version, fn, logs)
 
-    async def _call(self, msg: Msg, plugin: str, fn: str
-                    ) -> tuple[CallResult, list[tuple[int, str]]]:
+    async def _call(
+        self, msg: Msg, plugin: str, fn: str
+    ) -> tuple[CallResult, list[tuple[int, str]]]:
         try:
             req = decode(InvokeRequest, msg.data)
         except DecodeError as e:
@@ -116,8 +132,9 @@ class InvokeServer:
         hv = hosted.pick(headers.get(HEADER_VERSION))
         m = hv.manifest
         if fn not in m.exports:
-            raise FunctionNotFound(f"{plugin}@{hv.version} does not export {fn!r} "
-                                   f"(it exports {', '.join(m.exports)})")
+            raise FunctionNotFound(
+                f"{plugin}@{hv.version} does not export {fn!r} (it exports {', '.join(m.exports)})"
+            )
         cap = min(m.limits.max_input_bytes, self.caps.max_io_bytes)
         if len(req.input) > cap:
             raise InputTooLarge(f"input of {len(req.input)} bytes exceeds {cap}")
@@ -127,7 +144,9 @@ class InvokeServer:
             try:
                 asked = int(raw)
             except ValueError:
-                raise BadRequest(f"{HEADER_TIMEOUT_MS} header {raw[:32]!r} is not an integer")
+                raise BadRequest(
+                    f"{HEADER_TIMEOUT_MS} header {raw[:32]!r} is not an integer"
+                ) from None
             if asked <= 0:
                 raise BadRequest(f"{HEADER_TIMEOUT_MS} must be positive")
             timeout_ms = min(timeout_ms, asked)
@@ -136,11 +155,20 @@ class InvokeServer:
             metrics.INSTANCES_CREATED.labels(plugin, hv.version).inc()
         if out.discarded:
             metrics.INSTANCES_DISCARDED.labels(plugin, hv.version).inc()
-        common = {"plugin": plugin, "fn": fn, "version": hv.version, "worker": self.worker_id}
         if out.error is not None:
-            return CallResult.failure(out.error, **common), out.logs
+            return CallResult.failure(
+                out.error, plugin=plugin, fn=fn, version=hv.version, worker=self.worker_id
+            ), out.logs
         inv = out.invocation
         assert inv is not None
         metrics.GUEST_SECONDS.labels(plugin, fn).observe(inv.duration_us / 1e6)
-        return CallResult(ok=True, output=inv.output, duration_us=inv.duration_us,
-                          fuel_used=inv.fuel_used, **common), out.logs
+        return CallResult(
+            ok=True,
+            output=inv.output,
+            duration_us=inv.duration_us,
+            fuel_used=inv.fuel_used,
+            plugin=plugin,
+            fn=fn,
+            version=hv.version,
+            worker=self.worker_id,
+        ), out.logs

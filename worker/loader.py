@@ -33,8 +33,16 @@ log = logging.getLogger("forge.worker.loader")
 
 
 class Loader:
-    def __init__(self, packages: ObjectStore, trust_path: Path, cache: CompileCache,
-                 engines: Engines, caps: WorkerCaps, max_queue: int, warm: int) -> None:
+    def __init__(
+        self,
+        packages: ObjectStore,
+        trust_path: Path,
+        cache: CompileCache,
+        engines: Engines,
+        caps: WorkerCaps,
+        max_queue: int,
+        warm: int,
+    ) -> None:
         self.packages = packages
         self.trust_path = trust_path
         self.cache = cache
@@ -48,8 +56,9 @@ class Loader:
         res = await self.packages.get(digest)
         data = bytes(res.data or b"")
         if hashlib.sha256(data).hexdigest() != digest:
-            raise PackageRejected(f"package {digest[:16]}… in the object store does not match "
-                                  "its digest")
+            raise PackageRejected(
+                f"package {digest[:16]}… in the object store does not match its digest"
+            )
         return data
 
     def _prepare(self, plugin: str, entry: VersionEntry, data: bytes) -> HostedVersion:
@@ -62,8 +71,10 @@ class Loader:
             raise
         m = pkg.manifest
         if m.name != plugin or m.version != entry.version:
-            raise PackageRejected(f"package is {m.name}@{m.version}, but the deployment names "
-                                  f"{plugin}@{entry.version}")
+            raise PackageRejected(
+                f"package is {m.name}@{m.version}, but the deployment names "
+                f"{plugin}@{entry.version}"
+            )
         settings = engine_settings_for(m)
         engine = self.engines.get(settings)
         try:
@@ -76,8 +87,9 @@ class Loader:
         metrics.COMPILE_SECONDS.labels(compiled.cache_result).observe(time.perf_counter() - started)
         runtime = make_runtime(self.engines, m, compiled.module, self.caps)
         pool_size = min(m.limits.pool_size, self.caps.max_pool_size)
-        hosted = HostedVersion(plugin, entry.version, entry.digest, runtime, pool_size,
-                               self.max_queue)
+        hosted = HostedVersion(
+            plugin, entry.version, entry.digest, runtime, pool_size, self.max_queue
+        )
         hosted.pool.warm(self.warm)
         metrics.INSTANCES_CREATED.labels(plugin, entry.version).inc(hosted.pool.created)
         return hosted
@@ -87,8 +99,9 @@ class Loader:
         data = await self.fetch(entry.digest)
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._compile_thread, self._prepare, plugin, entry,
-                                              data)
+            return await loop.run_in_executor(
+                self._compile_thread, self._prepare, plugin, entry, data
+            )
         except ForgeError:
             raise
         except Exception as e:

@@ -45,10 +45,16 @@ async def connect(settings: WorkerSettings, name: str) -> Client:
         log.info("event=nats_reconnected")
 
     return await nats.connect(
-        servers=settings.nats_url.split(","), name=name, max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, error_cb=on_error, disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect, user_credentials=settings.credentials,
-        connect_timeout=5, allow_reconnect=True,
+        servers=settings.nats_url.split(","),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        user_credentials=settings.credentials,
+        connect_timeout=5,
+        allow_reconnect=True,
     )
 
 
@@ -61,8 +67,12 @@ async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-u
             kv = await js.key_value(subjects.deployments_bucket)
             obj = await js.object_store(subjects.packages_bucket)
             return kv, obj
-        except (BucketNotFoundError, NotFoundError, ServiceUnavailableError,
-                nats.errors.TimeoutError) as e:
+        except (
+            BucketNotFoundError,
+            NotFoundError,
+            ServiceUnavailableError,
+            nats.errors.TimeoutError,
+        ) as e:
             log.info("event=waiting_for_buckets error=%r", e)
             await asyncio.sleep(delay)  # the coordinator has not created them yet
             delay = min(delay * 2, 2.0)
@@ -74,17 +84,34 @@ async def run(settings: WorkerSettings) -> int:
     kv, obj = await wait_for_buckets(nc, subjects)
     engines = Engines()
     executor = Executor(settings.effective_slots)
-    cache = CompileCache(settings.cache_dir,
-                         on_result=lambda r: metrics.COMPILE_CACHE.labels(r).inc())
+    cache = CompileCache(
+        settings.cache_dir, on_result=lambda r: metrics.COMPILE_CACHE.labels(r).inc()
+    )
     hosted: dict[str, HostedPlugin] = {}
     syscalls = SyscallBus(nc, subjects, settings.worker_id)
-    server = InvokeServer(nc, subjects, hosted, executor, syscalls, settings.worker_id,
-                          settings.caps)
-    loader = Loader(obj, settings.trust_store, cache, engines, settings.caps, settings.max_queue,
-                    settings.warm_instances)
+    server = InvokeServer(
+        nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.caps
+    )
+    loader = Loader(
+        obj,
+        settings.trust_store,
+        cache,
+        engines,
+        settings.caps,
+        settings.max_queue,
+        settings.warm_instances,
+    )
     watcher = DeploymentWatcher(kv, loader, hosted, server, executor)
-    beats = Heartbeats(nc, subjects, settings.worker_id, settings.labels, settings.heartbeat_s,
-                       hosted, executor, server)
+    beats = Heartbeats(
+        nc,
+        subjects,
+        settings.worker_id,
+        settings.labels,
+        settings.heartbeat_s,
+        hosted,
+        executor,
+        server,
+    )
 
     def ready() -> tuple[bool, str]:
         if not nc.is_connected:
@@ -94,8 +121,13 @@ async def run(settings: WorkerSettings) -> int:
         return True, "ok"
 
     http = serve_status(settings.status_host, settings.status_port, metrics.REGISTRY, ready)
-    log.info("event=worker_started id=%s status=http://%s:%d/metrics slots=%d",
-             settings.worker_id, settings.status_host, http.server_port, executor.slots)
+    log.info(
+        "event=worker_started id=%s status=http://%s:%d/metrics slots=%d",
+        settings.worker_id,
+        settings.status_host,
+        http.server_port,
+        executor.slots,
+    )
     print(f"worker {settings.worker_id} ready status_port={http.server_port}", flush=True)
 
     stop = asyncio.Event()
@@ -126,12 +158,17 @@ async def run(settings: WorkerSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
     settings = parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", settings.worker_id):
-        sys.exit(f"forgeone-worker: worker id {settings.worker_id!r} may only use letters, "
-                 "digits, '_' and '-'")
+        sys.exit(
+            f"forgeone-worker: worker id {settings.worker_id!r} may only use letters, "
+            "digits, '_' and '-'"
+        )
     try:
         code = uvloop.run(run(settings))
     except (OSError, nats.errors.NoServersError) as e:

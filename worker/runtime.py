@@ -64,12 +64,14 @@ class WorkerCaps:
 
 
 def engine_settings_for(manifest: Manifest) -> EngineSettings:
-    return EngineSettings(max_stack_kb=manifest.limits.max_stack_kb,
-                          fuel=manifest.limits.fuel is not None)
+    return EngineSettings(
+        max_stack_kb=manifest.limits.max_stack_kb, fuel=manifest.limits.fuel is not None
+    )
 
 
-def make_runtime(engines: Engines, manifest: Manifest, module: wasmtime.Module,
-                 caps: WorkerCaps) -> PluginRuntime:
+def make_runtime(
+    engines: Engines, manifest: Manifest, module: wasmtime.Module, caps: WorkerCaps
+) -> PluginRuntime:
     """The adapter for the manifest's ABI."""
     if manifest.abi == ABI_FORGE_V1:
         from .abi_forge import ForgeV1Runtime

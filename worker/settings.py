@@ -74,8 +74,16 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64]
     worker_id = a.worker_id or f"{host}-{uuid.uuid4().hex[:6]}"
     return WorkerSettings(
-        nats_url=a.nats_url, prefix=a.prefix, worker_id=worker_id, trust_store=Path(a.trust),
-        cache_dir=Path(a.cache_dir), slots=a.slots, max_queue=a.max_queue,
-        status_host=a.status_host, status_port=a.status_port, heartbeat_s=a.heartbeat,
-        labels=labels, credentials=a.creds,
+        nats_url=a.nats_url,
+        prefix=a.prefix,
+        worker_id=worker_id,
+        trust_store=Path(a.trust),
+        cache_dir=Path(a.cache_dir),
+        slots=a.slots,
+        max_queue=a.max_queue,
+        status_host=a.status_host,
+        status_port=a.status_port,
+        heartbeat_s=a.heartbeat,
+        labels=labels,
+        credentials=a.creds,
     )

@@ -38,5 +38,6 @@ class SyscallBus:
                 metrics.SYSCALLS.labels("log").inc()
             except Exception:
                 metrics.SYSCALLS_DROPPED.labels("log").inc()
-            log.debug("plugin=%s version=%s fn=%s level=%d msg=%r", plugin, version, fn, level,
-                      text)
+            log.debug(
+                "plugin=%s version=%s fn=%s level=%d msg=%r", plugin, version, fn, level, text
+            )
