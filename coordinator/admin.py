@@ -42,7 +42,9 @@ from schemas.signing import TrustStore
 from schemas.subjects import Subjects
 
 from . import metrics
+from .buckets import ensure_jobs_consumer
 from .registry import WorkerRegistry
+from .settings import JobSettings
 
 log = logging.getLogger("forge.coordinator.admin")
 
@@ -66,8 +68,12 @@ class AdminService:
         packages: ObjectStore,
         trust_path: Path,
         registry: WorkerRegistry,
+        jobs: JobSettings,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
+        self.jobs = jobs
+        self.replicas = replicas
         self.subjects = subjects
         self.kv = kv
         self.packages = packages
@@ -152,6 +158,10 @@ class AdminService:
             versions=[VersionEntry(m.version, msg.digest, m, 100, pkg.key_id)],
             config=msg.config,
             deployed_at_ms=int(time.time() * 1000),
+        )
+        # the jobs consumer exists before any worker is told to host the plugin
+        await ensure_jobs_consumer(
+            self.nc.jetstream(), self.subjects, m.name, self.jobs, self.replicas
         )
         revision = await self.kv.put(m.name, encode(record))
         log.info(

@@ -1,13 +1,25 @@
-"""The JetStream buckets and streams the control plane owns; created idempotently at start."""
+"""The JetStream buckets, streams and consumers the control plane owns, created idempotently."""
 
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from schemas.subjects import Subjects
+
+from .settings import JobSettings
 
 #: Deployment records kept per plugin (for history and rollback).
 DEPLOYMENT_HISTORY = 64
@@ -34,3 +46,76 @@ async def ensure_buckets(
         ),
     )
     return kv, obj
+
+
+async def _put_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:  # exists with other settings: bring it in line
+        await js.update_stream(config)
+
+
+async def ensure_job_streams(
+    js: JetStreamContext, subjects: Subjects, jobs: JobSettings, replicas: int = 1
+) -> None:
+    """Work queue for jobs, first-result-wins results, and the dead-letter stream."""
+    await _put_stream(
+        js,
+        StreamConfig(
+            name=subjects.jobs_stream,
+            subjects=[subjects.jobs_all()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=jobs.dedupe_window_s,
+            description="ForgeOne durable jobs, one subject per plugin function",
+        ),
+    )
+    await _put_stream(
+        js,
+        StreamConfig(
+            name=subjects.results_stream,
+            subjects=[subjects.results_all()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=jobs.results_max_age_s,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.NEW,
+            discard_new_per_subject=True,
+            duplicate_window=min(jobs.dedupe_window_s, jobs.results_max_age_s),
+            allow_direct=True,
+            description="ForgeOne job results, one per job id; the first stored wins",
+        ),
+    )
+    await _put_stream(
+        js,
+        StreamConfig(
+            name=subjects.dead_letter_stream,
+            subjects=[subjects.dead_letter_all()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=jobs.dead_letter_max_age_s,
+            duplicate_window=jobs.dedupe_window_s,
+            description="ForgeOne jobs that failed every delivery, with their last error",
+        ),
+    )
+
+
+async def ensure_jobs_consumer(
+    js: JetStreamContext, subjects: Subjects, plugin: str, jobs: JobSettings, replicas: int = 1
+) -> None:
+    """The durable pull consumer all workers hosting ``plugin`` share."""
+    config = ConsumerConfig(
+        durable_name=subjects.jobs_consumer(plugin),
+        filter_subject=subjects.jobs_plugin(plugin),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=jobs.ack_wait_s,
+        max_deliver=jobs.max_deliver,
+        max_ack_pending=20_000,
+        max_waiting=512,
+        num_replicas=replicas,
+        description=f"ForgeOne jobs of plugin {plugin}",
+    )
+    await js.add_consumer(subjects.jobs_stream, config)

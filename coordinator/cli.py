@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from schemas.signing import (
 )
 
 from .client import ForgeClient
-from .settings import CoordinatorSettings, env_default
+from .settings import CoordinatorSettings, JobSettings, env_default
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -176,12 +177,7 @@ async def cmd_workers(a: argparse.Namespace) -> int:
 
 
 def cmd_invoke(a: argparse.Namespace) -> Awaitable[int]:
-    if a.file:
-        data = Path(a.file).read_bytes()
-    elif a.data == "-" or (a.data is None and not sys.stdin.isatty()):
-        data = sys.stdin.buffer.read()
-    else:
-        data = (a.data or "").encode()
+    data = _payload(a)
 
     async def body(c: ForgeClient) -> int:
         result = await c.invoke_result(a.plugin, a.fn, data, a.timeout, a.version)
@@ -199,11 +195,69 @@ def cmd_invoke(a: argparse.Namespace) -> Awaitable[int]:
     return _with_client(a, body)
 
 
+def _payload(a: argparse.Namespace) -> bytes:
+    if a.file:
+        return Path(a.file).read_bytes()
+    if a.data == "-" or (a.data is None and not sys.stdin.isatty()):
+        return sys.stdin.buffer.read()
+    return (a.data or "").encode()
+
+
+def cmd_submit(a: argparse.Namespace) -> Awaitable[int]:
+    data = _payload(a)
+
+    async def body(c: ForgeClient) -> int:
+        job_id = await c.submit(a.plugin, a.fn, data, a.deadline, a.job_id, a.version)
+        print(job_id)
+        return 0
+
+    return _with_client(a, body)
+
+
+async def cmd_result(a: argparse.Namespace) -> int:
+    async def body(c: ForgeClient) -> int:
+        res = await c.job_result(a.job_id, a.timeout)
+        if a.json:
+            print(json.dumps(to_obj(res), default=_json_default))
+        elif res.result.ok:
+            sys.stdout.buffer.write(res.result.output)
+        if not res.result.ok:
+            assert res.result.error is not None
+            raise res.result.error.to_exception()
+        return 0
+
+    return await _with_client(a, body)
+
+
+async def cmd_jobs(a: argparse.Namespace) -> int:
+    async def body(c: ForgeClient) -> int:
+        stats = await c.job_stats()
+        if a.json:
+            print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
+            return 0
+        print(f"{'PLUGIN':<20} {'PENDING':>8} {'IN FLIGHT':>10} {'REDELIVERED':>12} {'DEAD':>6}")
+        for s in stats:
+            print(
+                f"{s.plugin:<20} {s.pending:>8} {s.in_flight:>10} {s.redelivered:>12} "
+                f"{s.dead_lettered:>6}"
+            )
+        return 0
+
+    return await _with_client(a, body)
+
+
 def cmd_coordinator(a: argparse.Namespace) -> int:
     from .service import run_coordinator
 
     _setup_logging()
+    jobs = JobSettings(
+        ack_wait_s=a.job_ack_wait,
+        max_deliver=a.job_max_deliver,
+        dedupe_window_s=a.job_dedupe_window,
+        results_max_age_s=a.results_max_age,
+    )
     settings = CoordinatorSettings(
+        jobs=jobs,
         nats_url=a.nats_url,
         prefix=a.prefix,
         trust_store=Path(a.trust),
@@ -318,11 +372,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the whole result as JSON")
     s.set_defaults(func=cmd_invoke)
 
+    s = bus(sub.add_parser("submit", help="submit a durable job; prints its id"))
+    s.add_argument("plugin")
+    s.add_argument("fn")
+    s.add_argument("data", nargs="?", help="payload; '-' reads stdin")
+    s.add_argument("-f", "--file", help="read the payload from a file")
+    s.add_argument("--deadline", type=float, help="seconds from now after which it must not run")
+    s.add_argument("--job-id", help="idempotency key (default: a random id)")
+    s.add_argument("--version", help="pin a plugin version")
+    s.set_defaults(func=cmd_submit)
+
+    s = bus(sub.add_parser("result", help="wait for and print a job's result"))
+    s.add_argument("job_id")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    s.add_argument("--json", action="store_true", help="print the whole stored result")
+    s.set_defaults(func=cmd_result)
+
+    s = bus(sub.add_parser("jobs", help="pending, in-flight, redelivered, dead-lettered jobs"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
+
     s = bus(sub.add_parser("coordinator", help="run the coordinator service"))
     s.add_argument("--trust", default=trust_default)
     s.add_argument("--replicas", type=int, default=int(env_default("FORGE_REPLICAS", "1")))
     s.add_argument("--status-host", default=env_default("FORGE_STATUS_HOST", "127.0.0.1"))
     s.add_argument("--status-port", type=int, default=int(env_default("FORGE_STATUS_PORT", "0")))
+    d = JobSettings()
+    s.add_argument(
+        "--job-ack-wait",
+        type=float,
+        default=d.ack_wait_s,
+        help="seconds before an unacked job is redelivered",
+    )
+    s.add_argument(
+        "--job-max-deliver",
+        type=int,
+        default=d.max_deliver,
+        help="deliveries before a failing job is dead-lettered",
+    )
+    s.add_argument(
+        "--job-dedupe-window",
+        type=float,
+        default=d.dedupe_window_s,
+        help="seconds in which a resubmitted job id is stored once",
+    )
+    s.add_argument(
+        "--results-max-age",
+        type=float,
+        default=d.results_max_age_s,
+        help="seconds job results are kept",
+    )
     s.set_defaults(func=cmd_coordinator)
 
     s = sub.add_parser("dev", help="run a local cluster: NATS, coordinator, workers, examples")

@@ -9,6 +9,8 @@ exception reaches the caller.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+
 import nats
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -35,6 +37,7 @@ from schemas.messages import (
     ErrorReply,
     Heartbeat,
     InvokeRequest,
+    JobResult,
     ListReply,
     ListRequest,
     PluginStatus,
@@ -47,6 +50,7 @@ from schemas.package import package_digest
 from schemas.subjects import Subjects
 
 from .connection import connect
+from .jobs_client import Jobs, JobStats
 
 #: Extra time the client waits beyond the call's own deadline, so that the
 #: worker's TIMEOUT reply (rather than silence) is what the caller sees.
@@ -62,6 +66,7 @@ class ForgeClient:
         self.subjects = Subjects(prefix)
         self._owns = owns_connection
         self._kv: KeyValue | None = None
+        self._jobs = Jobs(nc, self.subjects)
 
     @classmethod
     async def connect(
@@ -158,6 +163,45 @@ class ForgeClient:
         except Exception:
             return NoWorkers(f"no worker serves {plugin!r} (deployment state unknown)")
         return NoWorkers(f"plugin {plugin!r} is deployed but no worker serves it yet")
+
+    # --- durable jobs ----------------------------------------------------------
+    async def submit(
+        self,
+        plugin: str,
+        fn: str,
+        data: bytes = b"",
+        deadline: float | None = None,
+        job_id: str | None = None,
+        version: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
+        """Store a durable call; return its job id once JetStream has it.
+
+        ``deadline`` is seconds from now after which the job must not start (it then
+        gets DEADLINE_EXCEEDED as its result). Resubmitting a ``job_id`` within the
+        dedupe window stores it once.
+        """
+        return await self._jobs.submit(plugin, fn, data, deadline, job_id, version, traceparent)
+
+    async def result(self, job_id: str, timeout: float = 30.0) -> bytes:
+        """A job's output, or its typed error raised; waits up to ``timeout`` for it."""
+        res = await self._jobs.result(job_id, timeout)
+        if not res.result.ok:
+            assert res.result.error is not None
+            raise res.result.error.to_exception()
+        return res.result.output
+
+    async def job_result(self, job_id: str, timeout: float = 30.0) -> JobResult:
+        """The whole stored result of a job (attempts, worker, version, error)."""
+        return await self._jobs.result(job_id, timeout)
+
+    def results(self, job_ids: Iterable[str], timeout: float = 60.0) -> AsyncIterator[JobResult]:
+        """Stream the results of many jobs as they finish."""
+        return self._jobs.results(job_ids, timeout)
+
+    async def job_stats(self) -> list[JobStats]:
+        """Pending, in-flight, redelivered and dead-lettered counts per plugin."""
+        return await self._jobs.stats()
 
     # --- administration -------------------------------------------------------
     async def _admin(

@@ -12,7 +12,7 @@ from schemas.subjects import Subjects
 
 from . import metrics
 from .admin import AdminService
-from .buckets import ensure_buckets
+from .buckets import ensure_buckets, ensure_job_streams
 from .connection import connect
 from .registry import WorkerRegistry
 from .settings import CoordinatorSettings
@@ -24,10 +24,14 @@ log = logging.getLogger("forge.coordinator")
 async def run_coordinator(settings: CoordinatorSettings) -> int:
     subjects = Subjects(settings.prefix)
     nc = await connect(settings.nats_url, "forge-coordinator", settings.credentials)
-    kv, packages = await ensure_buckets(nc.jetstream(), subjects, settings.replicas)
+    js = nc.jetstream()
+    kv, packages = await ensure_buckets(js, subjects, settings.replicas)
+    await ensure_job_streams(js, subjects, settings.jobs, settings.replicas)
     registry = WorkerRegistry()
     await registry.start(nc, subjects)
-    admin = AdminService(nc, subjects, kv, packages, settings.trust_store, registry)
+    admin = AdminService(
+        nc, subjects, kv, packages, settings.trust_store, registry, settings.jobs, settings.replicas
+    )
     await admin.start()
 
     def ready() -> tuple[bool, str]:

@@ -54,10 +54,22 @@ def field_spec(
     pattern: str | None = None,
     ge: int | None = None,
     le: int | None = None,
+    item_pattern: str | None = None,
+    min_items: int | None = None,
+    unique: bool = False,
+    exclude: frozenset[str] = frozenset(),
     doc: str = "",
 ) -> Any:
     """A dataclass field with validation bounds used by the decoder and JSON Schema."""
     meta: dict[str, Any] = {"doc": doc}
+    if item_pattern is not None:
+        meta["item_pattern"] = re.compile(item_pattern)
+    if min_items is not None:
+        meta["min_items"] = min_items
+    if unique:
+        meta["unique"] = True
+    if exclude:
+        meta["exclude"] = exclude
     if max_len is not None:
         meta["max_len"] = max_len
     if pattern is not None:
@@ -159,7 +171,18 @@ def _check(tp: Any, value: Any, path: str, meta: Mapping[str, Any], depth: int) 
             raise _fail(path, f"expected list, got {type(value).__name__}")
         if len(value) > meta.get("max_items", DEFAULT_MAX_ITEMS):
             raise _fail(path, "too many items")
-        return [_check(item_tp, v, f"{path}[{i}]", {}, depth + 1) for i, v in enumerate(value)]
+        if len(value) < meta.get("min_items", 0):
+            raise _fail(path, f"needs at least {meta['min_items']} item(s)")
+        item_meta = {"pattern": meta["item_pattern"]} if "item_pattern" in meta else {}
+        items = [
+            _check(item_tp, v, f"{path}[{i}]", item_meta, depth + 1) for i, v in enumerate(value)
+        ]
+        for item in items:
+            if item in meta.get("exclude", ()):
+                raise _fail(path, f"{item!r} is reserved by the ABI")
+        if meta.get("unique") and len(set(items)) != len(items):
+            raise _fail(path, "duplicate items")
+        return items
     if origin is dict:
         key_tp, val_tp = get_args(tp)
         if not isinstance(value, dict):
@@ -180,6 +203,10 @@ def _check(tp: Any, value: Any, path: str, meta: Mapping[str, Any], depth: int) 
 def _from_obj(cls: type[S], obj: Any, path: str, depth: int) -> S:
     if not isinstance(obj, dict):
         raise _fail(path or cls.__name__, f"expected map, got {type(obj).__name__}")
+    if issubclass(cls, Message) and obj.get("kind") != cls.KIND:
+        raise _fail(
+            f"{path}.kind" if path else "kind", f"expected {cls.KIND!r}, got {obj.get('kind')!r}"
+        )
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         fpath = f"{path}.{f.name}" if path else f.name
@@ -195,10 +222,6 @@ def _from_obj(cls: type[S], obj: Any, path: str, depth: int) -> S:
 
 def from_obj(cls: type[S], obj: Any) -> S:
     """Build and validate ``cls`` from plain Python objects (decoded msgpack or JSON)."""
-    if issubclass(cls, Message) and isinstance(obj, dict):
-        kind = obj.get("kind")
-        if kind != cls.KIND:
-            raise DecodeError(f"kind: expected {cls.KIND!r}, got {kind!r}")
     return _from_obj(cls, obj, "", 0)
 
 

@@ -20,12 +20,15 @@ from .codec import DEFAULT_MAX_STR, Message, Struct, hints
 from .manifest import Manifest
 from .messages import (
     CallResult,
+    DeadLetter,
     DeploymentRecord,
     DeployReply,
     DeployRequest,
     ErrorReply,
     Heartbeat,
     InvokeRequest,
+    JobRequest,
+    JobResult,
     ListReply,
     ListRequest,
     LogEvent,
@@ -40,6 +43,9 @@ DOCUMENTED: tuple[type[Struct], ...] = (
     Manifest,
     InvokeRequest,
     CallResult,
+    JobRequest,
+    JobResult,
+    DeadLetter,
     DeploymentRecord,
     Heartbeat,
     LogEvent,
@@ -81,7 +87,16 @@ def _type_schema(tp: Any, meta: typing.Mapping[str, Any], defs: dict[str, Any]) 
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return {"type": "string", "enum": [e.value for e in tp]}
     if origin is list:
-        return {"type": "array", "items": _type_schema(get_args(tp)[0], {}, defs)}
+        item_meta = {"pattern": meta["item_pattern"]} if "item_pattern" in meta else {}
+        items = _type_schema(get_args(tp)[0], item_meta, defs)
+        if meta.get("exclude"):
+            items["not"] = {"enum": sorted(meta["exclude"])}
+        out = {"type": "array", "items": items}
+        if "min_items" in meta:
+            out["minItems"] = meta["min_items"]
+        if meta.get("unique"):
+            out["uniqueItems"] = True
+        return out
     if origin is dict:
         return {"type": "object", "additionalProperties": _type_schema(get_args(tp)[1], {}, defs)}
     if isinstance(tp, type) and issubclass(tp, Struct):

@@ -31,7 +31,7 @@ class Limits(Struct):
     timeout_ms: int = field_spec(default=5000, ge=1, le=15 * 60 * 1000, doc="Call deadline.")
     memory_mb: int = field_spec(default=64, ge=1, le=4096, doc="Linear memory ceiling.")
     fuel: int | None = field_spec(
-        default=None, ge=1, doc="Instruction budget per call; off if unset."
+        default=None, ge=1, le=2**62, doc="Instruction budget per call; off if unset."
     )
     max_input_bytes: int = field_spec(default=MIB, ge=0, le=64 * MIB, doc="Input size cap.")
     max_output_bytes: int = field_spec(default=MIB, ge=0, le=64 * MIB, doc="Output size cap.")
@@ -48,8 +48,17 @@ class Manifest(Struct):
     version: str = field_spec(pattern=VERSION_PATTERN, doc="Plugin version.")
     abi: str = field_spec(pattern=r"forge/1|extism/1", doc="Plugin ABI: forge/1 or extism/1.")
     wasm_sha256: str = field_spec(pattern=SHA256_PATTERN, doc="Hex SHA-256 of plugin.wasm.")
-    exports: list[str] = field_spec(default_factory=list, doc="Callable handler functions.")
-    permissions: list[str] = field_spec(default_factory=list, doc="Requested grants.")
+    exports: list[str] = field_spec(
+        default_factory=list,
+        item_pattern=FUNCTION_PATTERN,
+        min_items=1,
+        unique=True,
+        exclude=RESERVED_EXPORTS,
+        doc="Callable handler functions (not alloc, dealloc, init, shutdown, memory).",
+    )
+    permissions: list[str] = field_spec(
+        default_factory=list, item_pattern=PERMISSION_PATTERN, doc="Requested grants."
+    )
     limits: Limits = field_spec(default_factory=Limits, doc="Requested limits.")
     description: str = field_spec(default="", max_len=1024, doc="One line about the plugin.")
 
@@ -76,8 +85,8 @@ def manifest_from_json(data: bytes) -> Manifest:
     """Parse and validate manifest JSON (raises DecodeError naming the problem)."""
     try:
         obj: Any = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DecodeError(f"plugin.json is not valid JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise DecodeError(f"plugin.json is not valid JSON: {type(e).__name__}") from None
     return from_obj(Manifest, obj)
 
 

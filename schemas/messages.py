@@ -63,6 +63,51 @@ class CallResult(Message):
         return CallResult(ok=False, error=ErrorInfo.of(err), **kw)  # type: ignore[arg-type]
 
 
+# --- durable jobs ---------------------------------------------------------------
+#: JetStream's de-duplication header; a job's id, so a resubmitted job is stored once.
+HEADER_MSG_ID = "Nats-Msg-Id"
+JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest(Message):
+    """A durable call, stored on ``<prefix>.jobs.<plugin>.<fn>`` with its id as message id."""
+
+    KIND = "job"
+    job_id: str = field_spec(pattern=JOB_ID_PATTERN, doc="Caller-chosen or generated id.")
+    input: bytes = field_spec(default=b"", doc="The bytes handed to the guest function.")
+    deadline_ms: int = field_spec(
+        default=0, ge=0, doc="Unix ms after which it must not run; 0 none."
+    )
+    submitted_at_ms: int = field_spec(default=0, ge=0, doc="Unix ms when submitted.")
+    version: str = field_spec(default="", max_len=64, doc="Optional version pin.")
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult(Message):
+    """The one stored outcome of a job, on ``<prefix>.results.<job_id>``."""
+
+    KIND = "job_result"
+    job_id: str = field_spec(pattern=JOB_ID_PATTERN)
+    result: CallResult = field_spec(doc="What the call produced (or its typed error).")
+    attempts: int = field_spec(default=1, ge=0, doc="Deliveries it took.")
+    finished_at_ms: int = field_spec(default=0, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter(Message):
+    """A job that failed every delivery (or failed permanently), with its last error."""
+
+    KIND = "dead_letter"
+    job: JobRequest = field_spec()
+    plugin: str = field_spec(max_len=64)
+    fn: str = field_spec(max_len=64)
+    error: ErrorInfo = field_spec()
+    attempts: int = field_spec(default=0, ge=0)
+    worker: str = field_spec(default="", max_len=128)
+    at_ms: int = field_spec(default=0, ge=0)
+
+
 # --- deployments ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class VersionEntry(Struct):
@@ -84,6 +129,12 @@ class DeploymentRecord(Message):
     versions: list[VersionEntry] = field_spec(default_factory=list, doc="Active versions.")
     config: dict[str, str] = field_spec(default_factory=dict, doc="Per-deployment config.")
     deployed_at_ms: int = field_spec(default=0, ge=0, doc="Unix time of this record, ms.")
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            raise ValueError("versions: a deployment needs at least one version")
+        if len({v.version for v in self.versions}) != len(self.versions):
+            raise ValueError("versions: a version appears twice")
 
     def active(self) -> VersionEntry:
         """The version with the most weight (the one taking calls by default)."""
@@ -217,10 +268,12 @@ ADMIN_REQUESTS: dict[str, type[Message]] = {
 __all__ = [
     "ADMIN_REQUESTS",
     "FUNCTION_PATTERN",
+    "HEADER_MSG_ID",
     "HEADER_TIMEOUT_MS",
     "HEADER_TRACEPARENT",
     "HEADER_VERSION",
     "CallResult",
+    "DeadLetter",
     "DeployReply",
     "DeployRequest",
     "DeploymentRecord",
@@ -228,6 +281,8 @@ __all__ = [
     "ErrorReply",
     "Heartbeat",
     "InvokeRequest",
+    "JobRequest",
+    "JobResult",
     "ListReply",
     "ListRequest",
     "LoadedPlugin",

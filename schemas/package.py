@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -112,8 +113,8 @@ def _read_entries(data: bytes) -> dict[str, bytes]:
             raise _reject(f"unexpected archive entry {name!r}")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise _reject(f"archive entry {name!r} uses an unsupported compression method")
-        if info.flag_bits & 0x1:
-            raise _reject(f"archive entry {name!r} is encrypted")
+        if info.flag_bits & 0x61:  # encrypted, compressed patched data, strong encryption
+            raise _reject(f"archive entry {name!r} is encrypted or uses unsupported zip features")
         if info.file_size > _CAPS[name]:
             raise _reject(f"archive entry {name!r} is {info.file_size} bytes, over {_CAPS[name]}")
     out: dict[str, bytes] = {}
@@ -121,7 +122,14 @@ def _read_entries(data: bytes) -> dict[str, bytes]:
         try:
             with zf.open(info) as f:
                 body = f.read(_CAPS[info.filename] + 1)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        except (
+            zipfile.BadZipFile,
+            ValueError,
+            OSError,
+            EOFError,
+            zlib.error,
+            NotImplementedError,
+        ) as e:
             raise _reject(f"archive entry {info.filename!r} is corrupt: {e}") from None
         if len(body) > _CAPS[info.filename]:
             raise _reject(f"archive entry {info.filename!r} expands past {_CAPS[info.filename]}")
@@ -142,8 +150,8 @@ def _signature(raw: bytes) -> tuple[str, bytes]:
         if not isinstance(kid, str) or not isinstance(b64, str):
             raise ValueError("key_id and signature must be strings")
         return kid, base64.b64decode(b64, validate=True)
-    except (ValueError, KeyError, TypeError) as e:
-        raise _reject(f"malformed signature: {e}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise _reject(f"malformed signature: {type(e).__name__}: {e}") from None
 
 
 def verify_package(data: bytes, trust: TrustStore) -> VerifiedPackage:

@@ -69,8 +69,8 @@ class TrustStore(Struct):
             return from_obj(TrustStore, json.loads(path.read_bytes()))
         except FileNotFoundError:
             raise
-        except (ValueError, DecodeError) as e:
-            raise ValueError(f"trust store {path} is invalid: {e}") from None
+        except (ValueError, DecodeError, RecursionError) as e:
+            raise ValueError(f"trust store {path} is invalid: {type(e).__name__}: {e}") from None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,10 +41,14 @@ class Subjects:
 
     def parse_invoke(self, subject: str) -> tuple[str, str]:
         """(plugin, fn) of an invoke subject; raises BadRequest if it is not one."""
+        return self._parse(subject, "invoke")
+
+    def _parse(self, subject: str, kind: str) -> tuple[str, str]:
         parts = subject.split(".")
-        if len(parts) != 4 or parts[0] != self.prefix or parts[1] != "invoke":
-            raise BadRequest(f"not an invoke subject: {subject!r}")
-        return parts[2], parts[3]
+        if len(parts) != 4 or parts[0] != self.prefix or parts[1] != kind:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise BadRequest(f"not {article} {kind} subject: {subject!r}")
+        return check_token(parts[2], "plugin"), check_token(parts[3], "function")
 
     # --- admin ------------------------------------------------------------
     def admin(self, op: str) -> str:
@@ -66,6 +70,48 @@ class Subjects:
 
     def syscall_all(self) -> str:
         return f"{self.prefix}.syscall.>"
+
+    # --- durable jobs -------------------------------------------------------
+    def jobs(self, plugin: str, fn: str) -> str:
+        return f"{self.prefix}.jobs.{check_token(plugin, 'plugin')}.{check_token(fn, 'function')}"
+
+    def jobs_plugin(self, plugin: str) -> str:
+        return f"{self.prefix}.jobs.{check_token(plugin, 'plugin')}.*"
+
+    def jobs_all(self) -> str:
+        return f"{self.prefix}.jobs.>"
+
+    def parse_jobs(self, subject: str) -> tuple[str, str]:
+        """(plugin, fn) of a jobs subject; raises BadRequest if it is not one."""
+        return self._parse(subject, "jobs")
+
+    def result(self, job_id: str) -> str:
+        return f"{self.prefix}.results.{check_token(job_id, 'job id')}"
+
+    def results_all(self) -> str:
+        return f"{self.prefix}.results.*"
+
+    def dead_letter(self, plugin: str, fn: str) -> str:
+        return f"{self.prefix}.dlq.{check_token(plugin, 'plugin')}.{check_token(fn, 'function')}"
+
+    def dead_letter_all(self) -> str:
+        return f"{self.prefix}.dlq.>"
+
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self.prefix.upper()}_JOBS"
+
+    @property
+    def results_stream(self) -> str:
+        return f"{self.prefix.upper()}_RESULTS"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.prefix.upper()}_DLQ"
+
+    def jobs_consumer(self, plugin: str) -> str:
+        """The durable pull consumer every worker hosting ``plugin`` shares."""
+        return f"{self.prefix}-jobs-{check_token(plugin, 'plugin')}"
 
     # --- JetStream names ------------------------------------------------------
     @property

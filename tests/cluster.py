@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import wasmtime
 
 from coordinator.client import ForgeClient
-from coordinator.embedded_nats import NatsServer
+from coordinator.embedded_nats import NatsServer, free_port
 from schemas.codec import from_obj
 from schemas.manifest import Manifest
 from schemas.package import build_package
@@ -139,11 +139,13 @@ class Cluster:
     """A nats-server plus coordinator and worker processes in one temp folder."""
 
     root: Path
-    nats: NatsServer = field(init=False)
+    nodes: int = 1
+    """nats-server processes; more than one form a JetStream cluster with routes."""
     key_path: Path = field(init=False)
     trust_path: Path = field(init=False)
     procs: list[Proc] = field(default_factory=list)
     heartbeat_s: float = 0.3
+    servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -152,11 +154,35 @@ class Cluster:
         save_private_key(self.key, self.key_path)
         self.trust_path = self.root / "trust.json"
         TrustStore().with_key(self.key.public_key(), "test").save(self.trust_path)
-        self.nats = NatsServer(store_dir=self.root / "nats").start()
+        if self.nodes == 1:
+            self.servers = [NatsServer(store_dir=self.root / "nats")]
+        else:
+            cluster_ports = [free_port() for _ in range(self.nodes)]
+            routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports]
+            self.servers = [
+                NatsServer(
+                    store_dir=self.root / f"nats-{i}",
+                    name=f"n{i}",
+                    cluster_port=cluster_ports[i],
+                    routes=[r for j, r in enumerate(routes) if j != i],
+                )
+                for i in range(self.nodes)
+            ]
+        for server in self.servers:
+            server.start()
+
+    @property
+    def nats(self) -> NatsServer:
+        return self.servers[0]
 
     @property
     def url(self) -> str:
-        return self.nats.url
+        return ",".join(server.url for server in self.servers)
+
+    def restart_node(self, i: int = 0, kill: bool = True) -> None:
+        """Stop node ``i`` (SIGKILL by default) and start it again on the same port and store."""
+        self.servers[i].stop(kill=kill)
+        self.servers[i].start()
 
     def env(self) -> dict[str, str]:
         return {
@@ -187,12 +213,19 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_coordinator(self) -> Proc:
-        return self._spawn(
+    def start_coordinator(self, *extra: str) -> Proc:
+        args = [
+            sys.executable,
+            "-m",
             "coordinator",
-            [sys.executable, "-m", "coordinator", "coordinator", "--trust", str(self.trust_path)],
-            "coordinator ready",
-        )
+            "coordinator",
+            "--trust",
+            str(self.trust_path),
+            "--replicas",
+            str(min(self.nodes, 3)),
+            *extra,
+        ]
+        return self._spawn("coordinator", args, "coordinator ready")
 
     def start_worker(
         self, worker_id: str, cache_dir: Path | None = None, extra: list[str] | None = None
@@ -249,7 +282,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait()
-        self.nats.stop()
+        for server in self.servers:
+            server.stop()
 
     def dump_logs(self) -> str:
         return "\n".join(f"==== {p.name} ====\n{p.log_text()[-4000:]}" for p in self.procs)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +14,32 @@ def plugins() -> dict[str, Path]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A fresh nats-server with a coordinator; tests start the workers they need."""
-    c = Cluster(tmp_path / "cluster")
+def cluster_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Cluster]]:
+    """Make clusters (nats-server(s) plus a coordinator started with ``coordinator_args``)."""
+    made: list[Cluster] = []
+
+    def make(nodes: int = 1, coordinator_args: tuple[str, ...] = ()) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", nodes=nodes)
+        made.append(c)
+        c.start_coordinator(*coordinator_args)
+        return c
+
     try:
-        c.start_coordinator()
-        yield c
+        yield make
     finally:
         failed = getattr(request.node, "rep_call", None)
-        c.close()
-        if failed is not None and failed.failed:
-            print(c.dump_logs())
+        for c in made:
+            c.close()
+            if failed is not None and failed.failed:
+                print(c.dump_logs())
+
+
+@pytest.fixture
+def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
+    """A fresh nats-server with a coordinator; tests start the workers they need."""
+    return cluster_factory()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

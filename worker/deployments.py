@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from nats.js.kv import KeyValue
 
@@ -21,13 +23,20 @@ from schemas.messages import DeploymentRecord, VersionEntry
 from . import metrics
 from .executor import Executor
 from .hosted import HostedPlugin, HostedVersion
-from .invoke import InvokeServer
 from .loader import Loader
 
 log = logging.getLogger("forge.worker.deployments")
 
 #: Retries of a load that failed for a transient reason (bus, object store).
 LOAD_RETRIES = 5
+
+
+class PluginServer(Protocol):
+    """Something that serves a plugin's calls once it is hosted (fast path, jobs, ...)."""
+
+    async def start(self, plugin: str) -> None: ...
+
+    async def stop(self, plugin: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +50,13 @@ class DeploymentWatcher:
         kv: KeyValue,
         loader: Loader,
         hosted: dict[str, HostedPlugin],
-        server: InvokeServer,
+        servers: Sequence[PluginServer],
         executor: Executor,
     ) -> None:
         self.kv = kv
         self.loader = loader
         self.hosted = hosted
-        self.server = server
+        self.servers = servers
         self.executor = executor
         self.synced = asyncio.Event()
         """Set once every record present at start has been seen (not necessarily loaded)."""
@@ -149,10 +158,11 @@ class DeploymentWatcher:
             del hp.failed[version]
         hp.record = record
         self.hosted[plugin] = hp
-        if hp.versions:
-            await self.server.subscribe(plugin)
-        else:
-            await self.server.unsubscribe(plugin)
+        for server in self.servers:
+            if hp.versions:
+                await server.start(plugin)
+            else:
+                await server.stop(plugin)
 
     async def _load(self, plugin: str, entry: VersionEntry) -> HostedVersion:
         delay = 0.2
@@ -171,7 +181,8 @@ class DeploymentWatcher:
 
     async def _remove(self, plugin: str) -> None:
         hp = self.hosted.pop(plugin, None)
-        await self.server.unsubscribe(plugin)
+        for server in self.servers:
+            await server.stop(plugin)
         if hp is not None:
             for hv in hp.versions.values():
                 self._drain(hv)

@@ -103,6 +103,10 @@ class HostedPlugin:
     failed: dict[str, str] = field(default_factory=dict)
     """version -> why it could not be loaded."""
 
+    def capacity(self) -> int:
+        """Calls this worker can run at once for the plugin (largest ready pool)."""
+        return max((v.pool.max_size for v in self.versions.values() if not v.draining), default=0)
+
     def pick(self, pin: str | None) -> HostedVersion:
         """The version for one call: the pinned one, or by traffic weight."""
         if pin:

@@ -57,7 +57,8 @@ class InvokeServer:
         self.calls_total = 0
         self.errors_total = 0
 
-    async def subscribe(self, plugin: str) -> None:
+    async def start(self, plugin: str) -> None:
+        """Join the plugin's queue group."""
         if plugin not in self._subs:
             self._subs[plugin] = await self.nc.subscribe(
                 self.subjects.invoke_plugin(plugin),
@@ -67,15 +68,16 @@ class InvokeServer:
                 pending_bytes_limit=512 * 1024 * 1024,
             )
 
-    async def unsubscribe(self, plugin: str) -> None:
+    async def stop(self, plugin: str) -> None:
+        """Leave the plugin's queue group."""
         sub = self._subs.pop(plugin, None)
         if sub is not None:
             await sub.unsubscribe()
 
-    async def stop(self, timeout_s: float) -> None:
+    async def stop_all(self, timeout_s: float) -> None:
         """Leave every queue group, then let in-flight calls finish (bounded)."""
         for plugin in list(self._subs):
-            await self.unsubscribe(plugin)
+            await self.stop(plugin)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
 

@@ -23,6 +23,7 @@ from .executor import Executor
 from .heartbeat import Heartbeats
 from .hosted import HostedPlugin
 from .invoke import InvokeServer
+from .jobs import JobRunner
 from .loader import Loader
 from .settings import WorkerSettings, parse_args
 from .status_http import serve_status
@@ -101,7 +102,10 @@ async def run(settings: WorkerSettings) -> int:
         settings.max_queue,
         settings.warm_instances,
     )
-    watcher = DeploymentWatcher(kv, loader, hosted, server, executor)
+    jobs = JobRunner(
+        nc, subjects, hosted, executor, settings.worker_id, settings.caps, settings.job_backoff_s
+    )
+    watcher = DeploymentWatcher(kv, loader, hosted, [server, jobs], executor)
     beats = Heartbeats(
         nc,
         subjects,
@@ -138,7 +142,7 @@ async def run(settings: WorkerSettings) -> int:
     await stop.wait()
 
     log.info("event=worker_stopping id=%s", settings.worker_id)
-    await server.stop(STOP_GRACE_S)
+    await asyncio.gather(server.stop_all(STOP_GRACE_S), jobs.stop_all(STOP_GRACE_S))
     for t in tasks:
         t.cancel()
     await beats.send(stopping=True)

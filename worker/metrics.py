@@ -106,3 +106,34 @@ SYSCALLS_DROPPED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+
+JOBS_FETCHED = Counter(
+    "forge_jobs_fetched",
+    "Durable jobs pulled from JetStream, by plugin.",
+    ["plugin"],
+    registry=REGISTRY,
+)
+JOBS_DONE = Counter(
+    "forge_jobs_acked",
+    "Job deliveries finished, by plugin and outcome (ok, an error code, already_stored).",
+    ["plugin", "outcome"],
+    registry=REGISTRY,
+)
+JOBS_REDELIVERED = Counter(
+    "forge_jobs_redelivered",
+    "Job deliveries that were not the first.",
+    ["plugin"],
+    registry=REGISTRY,
+)
+JOBS_DEAD_LETTERED = Counter(
+    "forge_jobs_dead_lettered",
+    "Jobs sent to the dead-letter stream.",
+    ["plugin"],
+    registry=REGISTRY,
+)
+JOBS_RESULT_DUPLICATES = Counter(
+    "forge_jobs_result_duplicates",
+    "Results not stored because the job already had one.",
+    ["plugin"],
+    registry=REGISTRY,
+)

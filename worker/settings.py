@@ -41,6 +41,8 @@ class WorkerSettings:
     """Placement labels, from --label k=v."""
     caps: WorkerCaps = field(default_factory=WorkerCaps)
     """Ceilings applied to every manifest's limits."""
+    job_backoff_s: tuple[float, ...] = (0.5, 2.0, 5.0)
+    """Delay before redelivering a failed job attempt, per attempt (the last repeats)."""
     credentials: str | None = None
     """NATS credentials file, if the server requires auth (env FORGE_NATS_CREDS)."""
 
@@ -64,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
     p.add_argument("--label", action="append", default=[], help="placement label k=v")
     p.add_argument("--creds", default=env.get("FORGE_NATS_CREDS"))
+    p.add_argument(
+        "--job-backoff",
+        default=env.get("FORGE_JOB_BACKOFF", "0.5,2,5"),
+        help="seconds before each retry of a failed job, comma-separated",
+    )
     a = p.parse_args(argv)
     labels = {}
     for item in a.label:
@@ -86,4 +93,15 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
         heartbeat_s=a.heartbeat,
         labels=labels,
         credentials=a.creds,
+        job_backoff_s=_floats(p, a.job_backoff),
     )
+
+
+def _floats(p: argparse.ArgumentParser, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--job-backoff {text!r}: expected comma-separated seconds")
+    if not values or any(v < 0 for v in values):
+        p.error(f"--job-backoff {text!r}: expected comma-separated seconds")
+    return values

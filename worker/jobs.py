@@ -1,0 +1,327 @@
+"""Durable jobs: pull from the plugin's shared JetStream consumer, run, store the result, ack.
+
+At least once, on JetStream alone: a job is acked only after its result is
+stored (first stored result wins, keyed by job id), so a worker that dies
+mid-job leaves it to be redelivered after the ack wait. The worker pulls only
+as many jobs as the plugin has free instances (pull-based backpressure) and
+marks long jobs in progress so they are not redelivered while it is alive.
+A job that fails every delivery, or fails in a way no retry can fix, goes to
+the dead-letter stream and its caller gets the error as its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from schemas.codec import DecodeError, decode, encode
+from schemas.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    ErrorCode,
+    ForgeError,
+    FunctionNotFound,
+    InputTooLarge,
+    InternalError,
+    PluginNotFound,
+)
+from schemas.messages import (
+    HEADER_MSG_ID,
+    CallResult,
+    DeadLetter,
+    ErrorInfo,
+    JobRequest,
+    JobResult,
+)
+from schemas.subjects import TOKEN_RE, Subjects
+
+from . import metrics
+from .executor import Executor
+from .hosted import HostedPlugin
+from .runtime import WorkerCaps
+
+log = logging.getLogger("forge.worker.jobs")
+
+#: Errors no retry can fix: the job goes to dead letter at once.
+PERMANENT = frozenset(
+    {
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.FUNCTION_NOT_FOUND,
+        ErrorCode.INPUT_TOO_LARGE,
+        ErrorCode.DEADLINE_EXCEEDED,
+        ErrorCode.DENIED,
+    }
+)
+#: How long one fetch waits for jobs before checking capacity again.
+FETCH_WAIT_S = 2.0
+MAX_BATCH = 64
+#: JetStream's error code for "maximum messages per subject exceeded" (result already stored).
+ERR_SUBJECT_FULL = 10077
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        hosted: dict[str, HostedPlugin],
+        executor: Executor,
+        worker_id: str,
+        caps: WorkerCaps,
+        backoff_s: tuple[float, ...] = (0.5, 2.0, 5.0),
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5)
+        self.subjects = subjects
+        self.hosted = hosted
+        self.executor = executor
+        self.worker_id = worker_id
+        self.caps = caps
+        self.backoff_s = backoff_s
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[str, int] = {}
+        self._freed: dict[str, asyncio.Event] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def start(self, plugin: str) -> None:
+        """Start pulling the plugin's jobs (idempotent)."""
+        task = self._loops.get(plugin)
+        if task is None or task.done():
+            self._inflight.setdefault(plugin, 0)
+            self._freed.setdefault(plugin, asyncio.Event())
+            self._loops[plugin] = asyncio.create_task(self._loop(plugin))
+
+    async def stop(self, plugin: str) -> None:
+        """Stop pulling; jobs already running finish (their acks still go out)."""
+        task = self._loops.pop(plugin, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop_all(self, timeout_s: float) -> None:
+        for plugin in list(self._loops):
+            await self.stop(plugin)
+        if self._jobs:
+            await asyncio.wait(list(self._jobs), timeout=timeout_s)
+
+    # --- pulling -----------------------------------------------------------------
+    def _free(self, plugin: str) -> int:
+        hp = self.hosted.get(plugin)
+        return 0 if hp is None else hp.capacity() - self._inflight[plugin]
+
+    async def _bind(self, plugin: str) -> tuple[JetStreamContext.PullSubscription, int, float]:
+        delay = 0.2
+        while True:
+            try:
+                psub = await self.js.pull_subscribe_bind(
+                    durable=self.subjects.jobs_consumer(plugin), stream=self.subjects.jobs_stream
+                )
+                info = await psub.consumer_info()
+                return psub, int(info.config.max_deliver or 1), float(info.config.ack_wait or 30)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # consumer not there yet, or the bus is down
+                log.warning("event=jobs_bind_retry plugin=%s error=%r", plugin, e)
+                await asyncio.sleep(delay)  # back off before binding again
+                delay = min(delay * 2, 5.0)
+
+    async def _loop(self, plugin: str) -> None:
+        psub, max_deliver, ack_wait = await self._bind(plugin)
+        freed = self._freed[plugin]
+        try:
+            while True:
+                free = self._free(plugin)
+                if free <= 0:
+                    freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(freed.wait(), FETCH_WAIT_S)
+                    continue
+                try:
+                    msgs = await psub.fetch(batch=min(free, MAX_BATCH), timeout=FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # disconnected or server restarting: try again shortly
+                    log.warning("event=jobs_fetch_failed plugin=%s error=%r", plugin, e)
+                    await asyncio.sleep(0.5)  # back off while the connection recovers
+                    continue
+                metrics.JOBS_FETCHED.labels(plugin).inc(len(msgs))
+                for msg in msgs:
+                    self._inflight[plugin] += 1
+                    task = asyncio.create_task(self._run(plugin, msg, max_deliver, ack_wait))
+                    self._jobs.add(task)
+                    task.add_done_callback(self._jobs.discard)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    # --- one job -------------------------------------------------------------------
+    async def _run(self, plugin: str, msg: Msg, max_deliver: int, ack_wait: float) -> None:
+        keepalive = asyncio.create_task(self._keep_alive(msg, ack_wait))
+        try:
+            await self._handle(plugin, msg, max_deliver)
+        except Exception:
+            # Could not store the outcome (the bus is down?): leave the job unacked so it
+            # is redelivered once the ack wait passes.
+            log.exception("event=job_failed plugin=%s", plugin)
+        finally:
+            keepalive.cancel()
+            self._inflight[plugin] -= 1
+            self._freed[plugin].set()
+
+    async def _keep_alive(self, msg: Msg, ack_wait: float) -> None:
+        """Tell JetStream the job is still being worked on, so it is not redelivered."""
+        while True:
+            await asyncio.sleep(max(0.5, ack_wait / 3))  # well inside the ack wait
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _handle(self, plugin: str, msg: Msg, max_deliver: int) -> None:
+        attempt = msg.metadata.num_delivered
+        fn = msg.subject.rsplit(".", 1)[-1]
+        try:
+            job = decode(JobRequest, msg.data)
+        except DecodeError as e:
+            await self._refuse_undecodable(plugin, fn, msg, e)
+            return
+        if attempt > 1:
+            metrics.JOBS_REDELIVERED.labels(plugin).inc()
+            if await self._result_exists(job.job_id):  # a previous run stored it, then died
+                await msg.ack()
+                metrics.JOBS_DONE.labels(plugin, "already_stored").inc()
+                return
+        result = await self._execute(plugin, fn, job)
+        code = result.error.code if result.error else None
+        if result.ok:
+            await self._store(job, result, attempt)
+            await msg.ack()
+        elif code in PERMANENT or attempt >= max_deliver:
+            await self._dead_letter(plugin, fn, job, result, attempt)
+            await self._store(job, result, attempt)
+            await msg.ack()
+        else:
+            delay = self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
+            await msg.nak(delay=delay)
+        metrics.JOBS_DONE.labels(plugin, "ok" if result.ok else (code or "error")).inc()
+
+    async def _execute(self, plugin: str, fn: str, job: JobRequest) -> CallResult:
+        version = ""
+        try:
+            now_ms = _now_ms()
+            if job.deadline_ms and now_ms >= job.deadline_ms:
+                raise DeadlineExceeded(
+                    f"deadline passed {now_ms - job.deadline_ms} ms before the job could start"
+                )
+            hp = self.hosted.get(plugin)
+            if hp is None:
+                raise PluginNotFound(f"plugin {plugin!r} is no longer hosted here")
+            hv = hp.pick(job.version or None)
+            m = hv.manifest
+            version = hv.version
+            if fn not in m.exports:
+                raise FunctionNotFound(f"{plugin}@{hv.version} does not export {fn!r}")
+            cap = min(m.limits.max_input_bytes, self.caps.max_io_bytes)
+            if len(job.input) > cap:
+                raise InputTooLarge(f"input of {len(job.input)} bytes exceeds {cap}")
+            timeout_s = min(m.limits.timeout_ms, self.caps.max_timeout_ms) / 1000
+            deadline = time.monotonic() + timeout_s
+            if job.deadline_ms:
+                deadline = min(deadline, time.monotonic() + (job.deadline_ms - now_ms) / 1000)
+            out = await hv.call(self.executor, fn, job.input, deadline)
+        except ForgeError as e:
+            return CallResult.failure(
+                e, plugin=plugin, fn=fn, version=version, worker=self.worker_id
+            )
+        if out.error is not None:
+            err = out.error
+            if job.deadline_ms and _now_ms() >= job.deadline_ms:
+                err = DeadlineExceeded(f"deadline reached while running: {err.message}")
+            return CallResult.failure(
+                err, plugin=plugin, fn=fn, version=version, worker=self.worker_id
+            )
+        assert out.invocation is not None
+        inv = out.invocation
+        return CallResult(
+            ok=True,
+            output=inv.output,
+            duration_us=inv.duration_us,
+            fuel_used=inv.fuel_used,
+            plugin=plugin,
+            fn=fn,
+            version=version,
+            worker=self.worker_id,
+        )
+
+    # --- outcomes ---------------------------------------------------------------------
+    async def _result_exists(self, job_id: str) -> bool:
+        try:
+            await self.js.get_last_msg(self.subjects.results_stream, self.subjects.result(job_id))
+            return True
+        except NotFoundError:
+            return False
+
+    async def _store(self, job: JobRequest, result: CallResult, attempt: int) -> None:
+        """Store the job's one result (a duplicate of an earlier run's result is dropped)."""
+        body = encode(JobResult(job.job_id, result, attempt, _now_ms()))
+        try:
+            ack = await self.js.publish(
+                self.subjects.result(job.job_id),
+                body,
+                stream=self.subjects.results_stream,
+                headers={HEADER_MSG_ID: job.job_id},
+            )
+            if ack.duplicate:
+                metrics.JOBS_RESULT_DUPLICATES.labels(result.plugin).inc()
+        except APIError as e:
+            if e.err_code != ERR_SUBJECT_FULL:
+                raise
+            metrics.JOBS_RESULT_DUPLICATES.labels(result.plugin).inc()
+
+    async def _dead_letter(
+        self, plugin: str, fn: str, job: JobRequest, result: CallResult, attempt: int
+    ) -> None:
+        error = result.error or ErrorInfo.of(InternalError("failed without an error"))
+        letter = DeadLetter(job, plugin, fn, error, attempt, self.worker_id, _now_ms())
+        await self.js.publish(
+            self.subjects.dead_letter(plugin, fn),
+            encode(letter),
+            stream=self.subjects.dead_letter_stream,
+            headers={HEADER_MSG_ID: job.job_id},
+        )
+        metrics.JOBS_DEAD_LETTERED.labels(plugin).inc()
+        log.warning(
+            "event=job_dead_lettered plugin=%s fn=%s job=%s attempts=%d error=%s",
+            plugin,
+            fn,
+            job.job_id,
+            attempt,
+            error.code.value,
+        )
+
+    async def _refuse_undecodable(self, plugin: str, fn: str, msg: Msg, e: DecodeError) -> None:
+        """A job body that is not a JobRequest: dead-letter it, store an error if it has an id."""
+        metrics.BAD_MESSAGES.labels("jobs").inc()
+        job_id = (msg.headers or {}).get(HEADER_MSG_ID, "")
+        if not TOKEN_RE.fullmatch(job_id):
+            job_id = f"seq-{msg.metadata.sequence.stream}"
+        job = JobRequest(job_id)
+        result = CallResult.failure(
+            BadRequest(f"job request: {e}"), plugin=plugin, fn=fn, worker=self.worker_id
+        )
+        await self._dead_letter(plugin, fn, job, result, msg.metadata.num_delivered)
+        await self._store(job, result, msg.metadata.num_delivered)
+        await msg.ack()
