@@ -58,6 +58,7 @@ class Report:
     results: int
     ok_results: int
     duplicates_run: int
+    redelivered: int
     lost: int
     stored_duplicates: int
     faults: list[str]
@@ -66,7 +67,8 @@ class Report:
     def line(self) -> str:
         return (
             f"{self.mode}: submitted {self.submitted}, results {self.results} "
-            f"({self.ok_results} ok), duplicates run {self.duplicates_run}, lost {self.lost}, "
+            f"({self.ok_results} ok), duplicates run {self.duplicates_run}, redelivered "
+            f"{self.redelivered}, lost {self.lost}, "
             f"stored duplicates {self.stored_duplicates}; faults: {', '.join(self.faults)}; "
             f"{self.seconds:.1f}s"
         )
@@ -162,6 +164,9 @@ async def run_faults(
         await collecting
         seconds = time.monotonic() - started
         stored = await _stored_results(client, cluster)
+        redelivered = sum(
+            int(p.metric("forge_jobs_redelivered_total")) for p in procs if p.popen.poll() is None
+        )
         await client.close()
         return Report(
             mode=mode,
@@ -169,6 +174,7 @@ async def run_faults(
             results=len(done),
             ok_results=sum(done.values()),
             duplicates_run=sum(n - 1 for n in runs.values() if n > 1),
+            redelivered=redelivered,
             lost=jobs - len(done),
             stored_duplicates=stored - len(done),
             faults=faults,
@@ -179,9 +185,14 @@ async def run_faults(
 
 
 async def _stored_results(client: ForgeClient, cluster: Cluster) -> int:
+    """Messages in the results stream (retried across a leader election)."""
     js = client.nc.jetstream()
-    info = await js.stream_info(client.subjects.results_stream)
-    return int(info.state.messages)
+
+    async def probe() -> int | None:
+        info = await js.stream_info(client.subjects.results_stream)
+        return int(info.state.messages)
+
+    return await eventually(probe, 30, "results stream info")
 
 
 async def run_poison(root: Path, max_deliver: int = 3) -> dict[str, object]:
