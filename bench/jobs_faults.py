@@ -75,6 +75,7 @@ class Report:
 
 
 async def _deploy_jobwork(cluster: Cluster, client: ForgeClient, workers: int) -> None:
+    await client.grant("plugin.jobwork", "log")
     await client.deploy(
         cluster.wat_package(
             "jobwork",

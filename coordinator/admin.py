@@ -22,7 +22,14 @@ from nats.micro.service import EndpointConfig, Service
 
 from schemas.abi import WASM_FEATURES
 from schemas.codec import DecodeError, Message, decode, decode_any, encode
-from schemas.errors import BadRequest, ForgeError, InternalError, NotFound, PackageRejected
+from schemas.errors import (
+    BadRequest,
+    Denied,
+    ForgeError,
+    InternalError,
+    NotFound,
+    PackageRejected,
+)
 from schemas.messages import (
     ADMIN_REQUESTS,
     DeploymentRecord,
@@ -32,17 +39,22 @@ from schemas.messages import (
     ErrorReply,
     ListReply,
     PluginStatus,
+    PolicyDeleteRequest,
+    PolicyListReply,
+    PolicySetRequest,
     UndeployReply,
     UndeployRequest,
     VersionEntry,
     WorkersReply,
 )
 from schemas.package import VerifiedPackage, package_digest, verify_package
+from schemas.policy import effective_grants, missing, parse_permission
 from schemas.signing import TrustStore
 from schemas.subjects import Subjects
 
 from . import metrics
-from .buckets import ensure_jobs_consumer
+from .buckets import ensure_jobs_consumer, ensure_plugin_kv
+from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import JobSettings
 
@@ -69,8 +81,10 @@ class AdminService:
         trust_path: Path,
         registry: WorkerRegistry,
         jobs: JobSettings,
+        policy: PolicyStore,
         replicas: int = 1,
     ) -> None:
+        self.policy = policy
         self.nc = nc
         self.jobs = jobs
         self.replicas = replicas
@@ -86,6 +100,9 @@ class AdminService:
             "undeploy": self._undeploy,
             "list": self._list,
             "workers": self._workers,
+            "policy_set": self._policy_set,
+            "policy_delete": self._policy_delete,
+            "policy_list": self._policy_list,
         }
 
     async def start(self) -> None:
@@ -153,6 +170,20 @@ class AdminService:
             log.warning("event=deploy_rejected digest=%s reason=%s", msg.digest[:12], e.message)
             raise
         m = pkg.manifest
+        absent = missing(
+            m.permissions, effective_grants(await self.policy.records(), m.name, pkg.key_id)
+        )
+        if absent:
+            metrics.DEPLOYS_REJECTED.inc()
+            raise Denied(
+                f"{m.name}@{m.version} requests permissions the policy does not grant: "
+                f"{', '.join(absent)} (grant them with `forgeone policy grant`)"
+            )
+        js = self.nc.jetstream()
+        for perm in m.permissions:
+            p = parse_permission(perm)
+            if p.kind == "kv" and p.arg != "*":
+                await ensure_plugin_kv(js, self.subjects, p.arg, self.replicas)
         record = DeploymentRecord(
             plugin=m.name,
             versions=[VersionEntry(m.version, msg.digest, m, 100, pkg.key_id)],
@@ -226,3 +257,16 @@ class AdminService:
 
     async def _workers(self, msg: Message) -> Message:
         return WorkersReply(self.registry.alive())
+
+    async def _policy_set(self, msg: Message) -> Message:
+        assert isinstance(msg, PolicySetRequest)
+        await self.policy.set(msg.key, msg.record)
+        return PolicyListReply(await self.policy.records())
+
+    async def _policy_delete(self, msg: Message) -> Message:
+        assert isinstance(msg, PolicyDeleteRequest)
+        await self.policy.delete(msg.key)
+        return PolicyListReply(await self.policy.records())
+
+    async def _policy_list(self, msg: Message) -> Message:
+        return PolicyListReply(await self.policy.records())

@@ -23,11 +23,15 @@ from .settings import JobSettings
 
 #: Deployment records kept per plugin (for history and rollback).
 DEPLOYMENT_HISTORY = 64
+#: Plugin logs kept: per plugin, in all, and for how long.
+LOG_LINES_PER_PLUGIN = 10_000
+LOG_MAX_BYTES = 256 * 1024 * 1024
+LOG_MAX_AGE_S = 7 * 24 * 3600.0
 
 
 async def ensure_buckets(
     js: JetStreamContext, subjects: Subjects, replicas: int = 1
-) -> tuple[KeyValue, ObjectStore]:
+) -> tuple[KeyValue, ObjectStore, KeyValue]:
     kv = await js.create_key_value(
         KeyValueConfig(
             bucket=subjects.deployments_bucket,
@@ -45,7 +49,46 @@ async def ensure_buckets(
             description="ForgeOne plugin packages by SHA-256",
         ),
     )
-    return kv, obj
+    policy = await js.create_key_value(
+        KeyValueConfig(
+            bucket=subjects.policy_bucket,
+            history=16,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            description="ForgeOne permission policy: default, plugin.<name>, key.<key id>",
+        )
+    )
+    await _put_stream(
+        js,
+        StreamConfig(
+            name=subjects.logs_stream,
+            subjects=[subjects.syscall_logs()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_msgs_per_subject=LOG_LINES_PER_PLUGIN,
+            max_age=LOG_MAX_AGE_S,
+            max_bytes=LOG_MAX_BYTES,
+            discard=DiscardPolicy.OLD,
+            description="ForgeOne plugin logs, bounded per plugin",
+        ),
+    )
+    return kv, obj, policy
+
+
+async def ensure_plugin_kv(
+    js: JetStreamContext, subjects: Subjects, name: str, replicas: int = 1
+) -> None:
+    """The KV bucket behind a ``kv:<name>`` grant."""
+    await js.create_key_value(
+        KeyValueConfig(
+            bucket=subjects.kv_bucket(name),
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            description=f"ForgeOne plugin state bucket {name}",
+        )
+    )
 
 
 async def _put_stream(js: JetStreamContext, config: StreamConfig) -> None:

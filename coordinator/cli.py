@@ -28,6 +28,7 @@ from schemas.signing import (
     save_private_key,
 )
 
+from .cli_ops import add_ops_commands
 from .client import ForgeClient
 from .settings import CoordinatorSettings, JobSettings, env_default
 
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds job results are kept",
     )
     s.set_defaults(func=cmd_coordinator)
+
+    add_ops_commands(sub, bus, _with_client)
 
     s = sub.add_parser("dev", help="run a local cluster: NATS, coordinator, workers, examples")
     s.add_argument("--dir", default=".forge/dev", help="state folder (keys, NATS data, caches)")

@@ -9,6 +9,7 @@ exception reaches the caller.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable
 
 import nats
@@ -22,6 +23,7 @@ from schemas.errors import (
     ForgeError,
     InputTooLarge,
     InternalError,
+    NotFound,
     NoWorkers,
     PluginNotFound,
     Timeout,
@@ -41,12 +43,17 @@ from schemas.messages import (
     ListReply,
     ListRequest,
     PluginStatus,
+    PolicyDeleteRequest,
+    PolicyListReply,
+    PolicyListRequest,
+    PolicySetRequest,
     UndeployReply,
     UndeployRequest,
     WorkersReply,
     WorkersRequest,
 )
 from schemas.package import package_digest
+from schemas.policy import PolicyRecord
 from schemas.subjects import Subjects
 
 from .connection import connect
@@ -245,6 +252,38 @@ class ForgeClient:
         reply = await self._admin("list", ListRequest(), ListReply)
         assert isinstance(reply, ListReply)
         return reply.plugins
+
+    async def policies(self) -> dict[str, PolicyRecord]:
+        """Every policy record by key (default, plugin.<name>, key.<key id>)."""
+        reply = await self._admin("policy_list", PolicyListRequest(), PolicyListReply)
+        assert isinstance(reply, PolicyListReply)
+        return reply.records
+
+    async def set_policy(self, key: str, record: PolicyRecord) -> None:
+        """Replace one policy record; workers apply it without restarting."""
+        await self._admin("policy_set", PolicySetRequest(key, record), PolicyListReply)
+
+    async def delete_policy(self, key: str) -> None:
+        await self._admin("policy_delete", PolicyDeleteRequest(key), PolicyListReply)
+
+    async def grant(self, key: str, *permissions: str) -> PolicyRecord:
+        """Add grants to a policy record (created if absent)."""
+        current = (await self.policies()).get(key, PolicyRecord())
+        grants = list(current.grants) + [p for p in permissions if p not in current.grants]
+        record = dataclasses.replace(current, grants=grants)
+        await self.set_policy(key, record)
+        return record
+
+    async def revoke(self, key: str, *permissions: str) -> PolicyRecord:
+        """Remove grants from a policy record."""
+        current = (await self.policies()).get(key)
+        if current is None:
+            raise NotFound(f"no policy record {key!r}")
+        record = dataclasses.replace(
+            current, grants=[g for g in current.grants if g not in permissions]
+        )
+        await self.set_policy(key, record)
+        return record
 
     async def workers(self) -> list[Heartbeat]:
         reply = await self._admin("workers", WorkersRequest(), WorkersReply)

@@ -2,41 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Any
 
 import nats
 from nats.aio.client import Client
 
-from schemas.errors import Unavailable
+from schemas.credentials import connect_options
+from schemas.errors import BadRequest, Denied, Unavailable
 
 log = logging.getLogger("forge.nats")
+
+
+def is_auth_error(e: BaseException) -> bool:
+    """Whether ``e`` is the server refusing this client's credentials."""
+    return isinstance(e, nats.errors.AuthorizationError) or (
+        isinstance(e, nats.errors.Error) and "authorization violation" in str(e).lower()
+    )
 
 
 async def connect(
     url: str, name: str, credentials: str | None = None, persistent: bool = True
 ) -> Client:
-    """Connect to ``url`` (comma-separated servers).
+    """Connect to ``url`` (comma-separated servers), authenticating with ``credentials``.
 
     ``persistent`` connections (services, long-lived clients) reconnect forever;
-    one-shot ones (the command line) fail fast. Raises Unavailable naming the URL.
+    one-shot ones (the command line) fail fast. Raises Unavailable naming the URL,
+    Denied if the server refuses the credentials (at once: retrying cannot help),
+    and BadRequest if the credentials file is missing or malformed.
     """
+    try:
+        auth = connect_options(credentials)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    nc = Client()
+    connecting = True
 
     async def on_error(e: Exception) -> None:
+        if connecting and is_auth_error(e):
+            # Stop nats-py's connect loop: with reconnects on it would retry forever.
+            nc.options["allow_reconnect"] = False
         log.debug("event=nats_error error=%r", e)
 
+    options: dict[str, Any] = {
+        "servers": url.split(","),
+        "name": name,
+        "connect_timeout": 3,
+        "allow_reconnect": persistent,
+        "max_reconnect_attempts": -1 if persistent else 1,
+        "reconnect_time_wait": 0.2,  # seconds; nats-py's annotation says int, it takes floats
+        "error_cb": on_error,
+        **auth,
+    }
     try:
-        return await nats.connect(
-            servers=url.split(","),
-            name=name,
-            user_credentials=credentials,
-            connect_timeout=3,
-            allow_reconnect=persistent,
-            max_reconnect_attempts=-1 if persistent else 1,
-            reconnect_time_wait=0.2,
-            error_cb=on_error,
-        )
+        await nc.connect(**options)
     except (OSError, nats.errors.NoServersError, nats.errors.Error, TimeoutError) as e:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if is_auth_error(e):
+            given = (
+                f"in {credentials}"
+                if credentials
+                else "(none given: set --creds or FORGE_NATS_CREDS)"
+            )
+            raise Denied(f"NATS at {url} refused the credentials {given}") from None
         raise Unavailable(
             f"cannot reach NATS at {url} ({type(e).__name__}: {e}); is the "
             "server running? Set --nats-url or FORGE_NATS_URL"
         ) from None
+    connecting = False
+    return nc

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -25,9 +26,10 @@ from schemas.errors import ForgeError
 from schemas.package import build_package
 from schemas.signing import TrustStore, generate_key, key_id, load_private_key, save_private_key
 
+from .auth import CONFIG_NAME, ROLES, creds_name, init_auth
 from .cli import pack_manifest
 from .client import ForgeClient
-from .embedded_nats import NatsServer
+from .embedded_nats import MAX_PAYLOAD, NatsServer
 
 #: (plugin, function, input) calls shown after deployment; failures are expected for chaos.
 EXAMPLES: list[tuple[str, str, bytes]] = [
@@ -72,6 +74,27 @@ def build_examples(plugins_dir: Path, out: Path, key_path: Path) -> list[Path]:
         pkg.write_bytes(build_package(pack_manifest(source, wasm), wasm, key))
         packages.append(pkg)
     return packages
+
+
+async def grant_examples(client: ForgeClient, packages: list[Path]) -> None:
+    """As the operator of this development cluster, grant each example what it requests."""
+    for pkg in packages:
+        with zipfile.ZipFile(pkg) as zf:
+            manifest = json.loads(zf.read("plugin.json"))
+        if manifest["permissions"]:
+            await client.grant(f"plugin.{manifest['name']}", *manifest["permissions"])
+            print(f"granted {manifest['name']}: {', '.join(manifest['permissions'])}")
+
+
+def ensure_dev_auth(base: Path) -> tuple[Path, Path]:
+    """NATS users for the four roles (created on first run) and a server config using them."""
+    auth_dir = base / "auth"
+    if not (auth_dir / CONFIG_NAME).exists():
+        init_auth(auth_dir, force=True)
+        print(f"created NATS users for {', '.join(ROLES)} in {auth_dir}")
+    config = base / "nats-server-auth.conf"  # include paths are relative to this file
+    config.write_text(f'max_payload: {MAX_PAYLOAD}\ninclude "auth/{CONFIG_NAME}"\n')
+    return auth_dir, config
 
 
 class Processes:
@@ -126,8 +149,10 @@ async def _wait_ready(
         await asyncio.sleep(0.2)  # poll interval while workers load
 
 
-async def _demo(url: str, packages: list[Path], workers: int, once: bool) -> None:
-    client = await ForgeClient.connect(url)
+async def _demo(
+    url: str, packages: list[Path], workers: int, once: bool, credentials: str | None = None
+) -> None:
+    client = await ForgeClient.connect(url, credentials=credentials)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -140,6 +165,7 @@ async def _demo(url: str, packages: list[Path], workers: int, once: bool) -> Non
                 raise TimeoutError("coordinator and workers did not come up within 30s")
             await asyncio.sleep(0.2)  # poll interval while processes start
         names = []
+        await grant_examples(client, packages)
         for pkg in packages:
             reply = await client.deploy(pkg.read_bytes())
             v = reply.record.active()
@@ -187,7 +213,10 @@ def run_dev(a: argparse.Namespace) -> int:
     base.mkdir(parents=True, exist_ok=True)
     key_path, trust_path = ensure_dev_key(base)
     packages = build_examples(Path(a.plugins), base / "packages", key_path)
-    nats = NatsServer(store_dir=base / "nats", port=a.port, log_file=base / "nats-server.log")
+    auth_dir, config = ensure_dev_auth(base) if getattr(a, "auth", False) else (None, None)
+    nats = NatsServer(
+        store_dir=base / "nats", port=a.port, log_file=base / "nats-server.log", config_file=config
+    )
     try:
         nats.start()
     except TimeoutError as e:
@@ -199,9 +228,26 @@ def run_dev(a: argparse.Namespace) -> int:
         return 1
     print(f"nats-server with JetStream on {nats.url} (data in {base / 'nats'})")
     env = {**os.environ, "FORGE_NATS_URL": nats.url, "FORGE_TRUST": str(trust_path)}
+
+    def creds(role: str) -> str | None:
+        return None if auth_dir is None else str(auth_dir / creds_name(role))
+
+    def role_env(role: str) -> dict[str, str]:
+        path = creds(role)
+        return env if path is None else {**env, "FORGE_NATS_CREDS": path}
+
+    if auth_dir is not None:
+        print(
+            f"NATS users on: each process runs as its role; other terminals add "
+            f"--creds {creds('publisher')} (or {creds_name('client')} to only invoke)"
+        )
     procs = Processes(base / "logs")
     try:
-        procs.start("coordinator", [sys.executable, "-m", "coordinator", "coordinator"], env)
+        procs.start(
+            "coordinator",
+            [sys.executable, "-m", "coordinator", "coordinator"],
+            role_env("coordinator"),
+        )
         for i in range(a.workers):
             procs.start(
                 f"worker-{i + 1}",
@@ -214,10 +260,10 @@ def run_dev(a: argparse.Namespace) -> int:
                     "--cache-dir",
                     str(base / "cache"),
                 ],
-                env,
+                role_env("worker"),
             )
         print(f"coordinator and {a.workers} workers started (logs in {base / 'logs'})")
-        uvloop.run(_demo(nats.url, packages, a.workers, a.once))
+        uvloop.run(_demo(nats.url, packages, a.workers, a.once, creds("publisher")))
     except KeyboardInterrupt:
         print("\nstopping...")
     except (ForgeError, TimeoutError, RuntimeError) as e:

@@ -93,14 +93,21 @@ class Jobs:
                     ) from e
                 await asyncio.sleep(0.2)  # the server may be restarting or electing a leader
 
-    async def _stored(self, job_id: str) -> JobResult | None:
-        try:
-            raw = await self.js.get_last_msg(
-                self.subjects.results_stream, self.subjects.result(job_id)
-            )
-        except NotFoundError:
-            return None
-        return _decode_result(raw.data or b"")
+    async def _stored(self, job_id: str, patience_s: float = 15.0) -> JobResult | None:
+        """The stored result, or None; rides out a reconnect or leader election."""
+        give_up = time.monotonic() + patience_s
+        while True:
+            try:
+                raw = await self.js.get_last_msg(
+                    self.subjects.results_stream, self.subjects.result(job_id)
+                )
+                return _decode_result(raw.data or b"")
+            except NotFoundError:
+                return None
+            except _TRANSIENT as e:
+                if time.monotonic() > give_up:
+                    raise Unavailable(f"cannot read job results: {type(e).__name__}") from e
+                await asyncio.sleep(0.2)  # the server may be restarting or electing a leader
 
     async def result(self, job_id: str, timeout: float = 30.0) -> JobResult:
         """The job's stored result, waiting up to ``timeout`` for it to appear."""

@@ -14,6 +14,7 @@ from . import metrics
 from .admin import AdminService
 from .buckets import ensure_buckets, ensure_job_streams
 from .connection import connect
+from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import CoordinatorSettings
 from .status_http import serve_status
@@ -25,12 +26,20 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
     subjects = Subjects(settings.prefix)
     nc = await connect(settings.nats_url, "forge-coordinator", settings.credentials)
     js = nc.jetstream()
-    kv, packages = await ensure_buckets(js, subjects, settings.replicas)
+    kv, packages, policy_kv = await ensure_buckets(js, subjects, settings.replicas)
     await ensure_job_streams(js, subjects, settings.jobs, settings.replicas)
     registry = WorkerRegistry()
     await registry.start(nc, subjects)
     admin = AdminService(
-        nc, subjects, kv, packages, settings.trust_store, registry, settings.jobs, settings.replicas
+        nc,
+        subjects,
+        kv,
+        packages,
+        settings.trust_store,
+        registry,
+        settings.jobs,
+        PolicyStore(policy_kv),
+        settings.replicas,
     )
     await admin.start()
 

@@ -11,14 +11,43 @@ from .wasm_shape import FuncSig, ModuleShape
 
 HOST_MODULE = "forge"
 
-#: Host functions of ABI forge/1, module ``forge``.
+WASI_MODULE = "wasi_snapshot_preview1"
+
+_I32, _I64 = "i32", "i64"
+
+#: Host functions of ABI forge/1, module ``forge`` (docs/abi.md has their contracts).
 FORGE_V1_IMPORTS: dict[str, FuncSig] = {
-    "log": FuncSig(("i32", "i32", "i32"), ()),
-    "set_error": FuncSig(("i32", "i32"), ()),
+    "log": FuncSig((_I32, _I32, _I32), ()),
+    "set_error": FuncSig((_I32, _I32), ()),
+    "reject": FuncSig((_I32, _I32), ()),
+    "now": FuncSig((), (_I64,)),
+    "random": FuncSig((_I32, _I32), (_I32,)),
+    "config_get": FuncSig((_I32, _I32), (_I64,)),
+    "emit": FuncSig((_I32, _I32, _I32, _I32), (_I32,)),
+    "kv_get": FuncSig((_I32, _I32, _I32, _I32), (_I64,)),
+    "kv_put": FuncSig((_I32, _I32, _I32, _I32, _I32, _I32), (_I32,)),
+    "call": FuncSig((_I32, _I32, _I32, _I32, _I32, _I32), (_I64,)),
 }
 
-#: Host functions usable only when the manifest requests the permission.
-IMPORT_PERMISSIONS: dict[str, str] = {"log": "log"}
+#: Results host functions return to the guest when they cannot do what was asked.
+#: (Functions returning i64 use them as negative values; i32 ones likewise.)
+HOST_NOT_FOUND = -1
+HOST_DENIED = -2
+HOST_FAILED = -3
+HOST_TIMEOUT = -4
+HOST_TOO_LARGE = -5
+
+#: Host functions usable only when the manifest requests a permission of this kind.
+IMPORT_PERMISSIONS: dict[str, str] = {
+    "log": "log",
+    "now": "clock",
+    "random": "random",
+    "config_get": "config",
+    "emit": "publish",
+    "kv_get": "kv",
+    "kv_put": "kv",
+    "call": "call",
+}
 
 HANDLER_SIG = FuncSig(("i32", "i32"), ("i64",))
 ALLOC_SIG = FuncSig(("i32",), ("i32",))
@@ -34,6 +63,8 @@ def check_abi(manifest: Manifest, shape: ModuleShape) -> list[str]:
     problems: list[str] = []
     unknown = []
     for imp in shape.imports:
+        if imp.module == WASI_MODULE and imp.kind == "func":
+            continue  # WASI preview 1: linked with nothing granted unless the policy says so
         want = FORGE_V1_IMPORTS.get(imp.name) if imp.module == HOST_MODULE else None
         if want is None or imp.kind != "func":
             unknown.append(f"{imp.module}.{imp.name}")
@@ -51,7 +82,12 @@ def check_abi(manifest: Manifest, shape: ModuleShape) -> list[str]:
     if mem is None or mem.kind != "memory":
         problems.append("module does not export its memory as 'memory'")
     required = {"alloc": ALLOC_SIG, **{fn: HANDLER_SIG for fn in manifest.exports}}
-    optional = {"dealloc": DEALLOC_SIG, "init": INIT_SIG, "shutdown": SHUTDOWN_SIG}
+    optional = {
+        "dealloc": DEALLOC_SIG,
+        "init": INIT_SIG,
+        "shutdown": SHUTDOWN_SIG,
+        "_initialize": SHUTDOWN_SIG,
+    }
     for name, sig in {**required, **optional}.items():
         exp = shape.exports.get(name)
         if exp is None:

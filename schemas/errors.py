@@ -20,6 +20,7 @@ class ErrorCode(enum.StrEnum):
     TRAP = "TRAP"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     PLUGIN_ERROR = "PLUGIN_ERROR"
+    REJECTED = "REJECTED"
     INPUT_TOO_LARGE = "INPUT_TOO_LARGE"
     OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
     OVERLOADED = "OVERLOADED"
@@ -97,6 +98,12 @@ class PluginError(ForgeError):
     code = ErrorCode.PLUGIN_ERROR
 
 
+class Rejected(ForgeError):
+    """The guest rejected its input for good (``reject``): retrying cannot help."""
+
+    code = ErrorCode.REJECTED
+
+
 class InputTooLarge(ForgeError):
     """The input exceeds the plugin's or the worker's size cap."""
 
@@ -157,6 +164,7 @@ _BY_CODE: dict[ErrorCode, type[ForgeError]] = {
         Trap,
         OutOfMemory,
         PluginError,
+        Rejected,
         InputTooLarge,
         OutputTooLarge,
         Overloaded,

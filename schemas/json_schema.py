@@ -32,6 +32,8 @@ from .messages import (
     ListReply,
     ListRequest,
     LogEvent,
+    PolicyListReply,
+    PolicySetRequest,
     UndeployReply,
     UndeployRequest,
     WorkersReply,
@@ -58,6 +60,8 @@ DOCUMENTED: tuple[type[Struct], ...] = (
     WorkersRequest,
     WorkersReply,
     ErrorReply,
+    PolicyListReply,
+    PolicySetRequest,
 )
 
 

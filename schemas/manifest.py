@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codec import DecodeError, Struct, field_spec, from_obj, to_obj
+from .policy import parse_permission
 
 NAME_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
 VERSION_PATTERN = r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"
@@ -19,7 +20,9 @@ ABI_EXTISM_V1 = "extism/1"
 ABIS = (ABI_FORGE_V1, ABI_EXTISM_V1)
 
 #: Exports the ABI reserves; they can never be called as handlers.
-RESERVED_EXPORTS = frozenset({"memory", "alloc", "dealloc", "init", "shutdown", "_start"})
+RESERVED_EXPORTS = frozenset(
+    {"memory", "alloc", "dealloc", "init", "shutdown", "_start", "_initialize"}
+)
 
 MIB = 1024 * 1024
 
@@ -79,6 +82,7 @@ class Manifest(Struct):
         for p in self.permissions:
             if not perm_re.fullmatch(p):
                 raise ValueError(f"permissions: {p!r} is not a valid permission")
+            parse_permission(p)  # raises ValueError naming what is wrong
 
 
 def manifest_from_json(data: bytes) -> Manifest:

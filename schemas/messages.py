@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .codec import Message, Struct, field_spec
 from .errors import ErrorCode, ForgeError, error_for
 from .manifest import FUNCTION_PATTERN, NAME_PATTERN, SHA256_PATTERN, VERSION_PATTERN, Manifest
+from .policy import PolicyRecord
 
 WORKER_ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"
 
@@ -17,6 +18,10 @@ HEADER_TIMEOUT_MS = "Forge-Timeout-Ms"
 HEADER_VERSION = "Forge-Version"
 #: W3C trace context.
 HEADER_TRACEPARENT = "traceparent"
+#: How many plugin-to-plugin ``call``s deep this request is (absent: 0).
+HEADER_DEPTH = "Forge-Depth"
+#: Most nested ``call`` depth; deeper calls are DENIED so calls cannot deadlock pools.
+MAX_CALL_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,17 +263,51 @@ class ErrorReply(Message):
     error: ErrorInfo = field_spec()
 
 
+POLICY_KEY_PATTERN = r"default|plugin\.[a-z][a-z0-9_-]{0,62}|key\.[0-9a-f]{16}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySetRequest(Message):
+    """Replace the policy record under ``key`` (default, plugin.<name> or key.<key id>)."""
+
+    KIND = "policy_set"
+    key: str = field_spec(pattern=POLICY_KEY_PATTERN)
+    record: PolicyRecord = field_spec()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDeleteRequest(Message):
+    KIND = "policy_delete"
+    key: str = field_spec(pattern=POLICY_KEY_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyListRequest(Message):
+    KIND = "policy_list"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyListReply(Message):
+    KIND = "policies"
+    records: dict[str, PolicyRecord] = field_spec(default_factory=dict)
+
+
 ADMIN_REQUESTS: dict[str, type[Message]] = {
     "deploy": DeployRequest,
     "undeploy": UndeployRequest,
     "list": ListRequest,
     "workers": WorkersRequest,
+    "policy_set": PolicySetRequest,
+    "policy_delete": PolicyDeleteRequest,
+    "policy_list": PolicyListRequest,
 }
 
 __all__ = [
     "ADMIN_REQUESTS",
     "FUNCTION_PATTERN",
+    "HEADER_DEPTH",
     "HEADER_MSG_ID",
+    "MAX_CALL_DEPTH",
     "HEADER_TIMEOUT_MS",
     "HEADER_TRACEPARENT",
     "HEADER_VERSION",
@@ -288,6 +327,10 @@ __all__ = [
     "LoadedPlugin",
     "LogEvent",
     "PluginStatus",
+    "PolicyDeleteRequest",
+    "PolicyListReply",
+    "PolicyListRequest",
+    "PolicySetRequest",
     "UndeployReply",
     "UndeployRequest",
     "VersionEntry",

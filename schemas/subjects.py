@@ -118,6 +118,22 @@ class Subjects:
     def deployments_bucket(self) -> str:
         return f"{self.prefix}_deployments"
 
+    def kv_bucket(self, name: str) -> str:
+        """The JetStream KV bucket behind a plugin's ``kv:<name>`` grant."""
+        return f"{self.prefix}_kv_{check_token(name, 'kv bucket')}"
+
+    @property
+    def logs_stream(self) -> str:
+        """Bounded stream of plugin log syscalls (``forgeone logs``)."""
+        return f"{self.prefix.upper()}_LOGS"
+
+    def syscall_logs(self, plugin: str = "*") -> str:
+        return f"{self.prefix}.syscall.{plugin if plugin == '*' else check_token(plugin, 'plugin')}.log"
+
+    @property
+    def policy_bucket(self) -> str:
+        return f"{self.prefix}_policy"
+
     @property
     def packages_bucket(self) -> str:
         return f"{self.prefix}_packages"

@@ -264,6 +264,14 @@ class Cluster:
     async def client(self) -> ForgeClient:
         return await ForgeClient.connect(self.url)
 
+    async def allow(self, plugin: str, *permissions: str) -> None:
+        """Grant ``plugin`` permissions in the policy (nothing is granted by default)."""
+        client = await self.client()
+        try:
+            await client.grant(f"plugin.{plugin}", *permissions)
+        finally:
+            await client.close()
+
     async def wait_ready(
         self, client: ForgeClient, plugin: str, workers: int, timeout: float = 20
     ) -> None:

@@ -52,12 +52,17 @@ from schemas.messages import (
     LoadedPlugin,
     LogEvent,
     PluginStatus,
+    PolicyDeleteRequest,
+    PolicyListReply,
+    PolicyListRequest,
+    PolicySetRequest,
     UndeployReply,
     UndeployRequest,
     VersionEntry,
     WorkersReply,
     WorkersRequest,
 )
+from schemas.policy import PolicyRecord
 
 FUZZ = settings(
     max_examples=250,
@@ -191,6 +196,19 @@ def sample_messages() -> list[Message]:
         UndeployRequest(plugin="textstats"),
         UndeployReply(plugin="textstats"),
         ListRequest(),
+        PolicySetRequest(
+            key="plugin.textstats",
+            record=PolicyRecord(grants=["log", "publish:orders.>", "kv:cache"], max_fuel=10**9),
+        ),
+        PolicyDeleteRequest(key="key.0123456789abcdef"),
+        PolicyRecord(grants=["call:textstats", "fs:/srv/data:ro", "env:TZ"], max_pool_size=2),
+        PolicyListRequest(),
+        PolicyListReply(
+            records={
+                "default": PolicyRecord(grants=["log"]),
+                "plugin.echo": PolicyRecord(max_memory_mb=32),
+            }
+        ),
         ListReply(
             plugins=[
                 PluginStatus(

@@ -27,6 +27,7 @@ FAULTS = [
 async def chaos(cluster: Cluster):  # type: ignore[no-untyped-def]
     worker = cluster.start_worker("w1")
     client = await cluster.client()
+    await cluster.allow("chaos", "log")
     await client.deploy(cluster.example_package("chaos"))
     await cluster.wait_ready(client, "chaos", 1)
     yield client, worker

@@ -20,6 +20,7 @@ async def test_submit_result_dedupe_deadline_and_stats(
     cluster = cluster_factory(coordinator_args=("--job-max-deliver", "2"))
     client = await cluster.client()
     try:
+        await cluster.allow("jobwork", "log")
         await client.deploy(
             cluster.wat_package(
                 "jobwork", JOBWORK_WAT, exports=["work", "poison"], permissions=["log"]
@@ -65,6 +66,7 @@ def test_cli_submit_result_jobs(cluster: Cluster) -> None:
     import asyncio
 
     async def deploy() -> None:
+        await cluster.allow("jobwork", "log")
         client = await cluster.client()
         await client.deploy(
             cluster.wat_package("jobwork", JOBWORK_WAT, exports=["work"], permissions=["log"])

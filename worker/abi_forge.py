@@ -1,84 +1,41 @@
 """The native plugin ABI, ``forge/1`` (see docs/abi.md).
 
-Host functions are linked once per plugin version (one Linker and one
-InstancePre); each call finds its own state through a thread-local, since a
-Store is only ever used by the one thread that checked its instance out.
+Host functions (worker/host.py) are linked once per plugin version (one
+Linker and one InstancePre); each call finds its own state through a
+thread-local, since a Store is only ever used by the one thread that checked
+its instance out. WASI preview 1 is linked when the module imports it, with
+nothing granted but stdout/stderr (which become log lines); directories and
+environment variables only as the plugin's grants allow.
 """
 
 from __future__ import annotations
 
-import threading
+import os
 import time
-from collections.abc import Callable
 
 import wasmtime
 
-from schemas.abi import FORGE_V1_IMPORTS, HOST_MODULE
+from schemas.abi import FORGE_V1_IMPORTS, HOST_MODULE, WASI_MODULE
 from schemas.errors import (
     ForgeError,
     OutOfMemory,
     OutputTooLarge,
     PluginError,
+    Rejected,
     Timeout,
     Trap,
 )
 from schemas.manifest import Manifest
 
+from . import host
 from .engine import Engines
 from .guest import GuestMemory, GuestTrap, RawFunc
-from .runtime import MAX_LOG_LINE, MAX_LOG_LINES, Invocation, WorkerCaps, engine_settings_for
+from .host import CallMeta, CallState, HostEnv
+from .runtime import CallLimits, Invocation, engine_settings_for
 
 WASM_PAGE = 65536
 #: Deadline for instantiation (start function) plus ``init``, and for ``shutdown``.
 LIFECYCLE_TIMEOUT_S = 5.0
-
-_current = threading.local()
-
-
-class _CallState:
-    """What host functions may touch during one guest call."""
-
-    __slots__ = ("error", "fault", "logs", "memory")
-
-    def __init__(self, memory: GuestMemory | None) -> None:
-        self.memory = memory
-        self.error: str | None = None
-        self.fault: ForgeError | None = None
-        self.logs: list[tuple[int, str]] = []
-
-
-def _state() -> _CallState:
-    st: _CallState | None = getattr(_current, "state", None)
-    if st is None:  # a host function called outside a call: nothing sane to do
-        raise RuntimeError("host function called outside a guest call")
-    return st
-
-
-def _guest_bytes(st: _CallState, ptr: int, length: int, what: str, cap: int) -> bytes:
-    """Guest bytes for a host function; a bad pointer fails the call (recorded as its cause)."""
-    if st.memory is None:
-        st.fault = Trap(f"{what} called before memory was exported")
-        raise st.fault
-    try:
-        return st.memory.read(ptr & 0xFFFFFFFF, length & 0xFFFFFFFF, what, cap)
-    except ForgeError as e:
-        st.fault = e
-        raise
-
-
-def _host_log(level: int, ptr: int, length: int) -> None:
-    st = _state()
-    data = _guest_bytes(st, ptr, length, "forge.log", MAX_LOG_LINE)
-    if len(st.logs) < MAX_LOG_LINES:
-        st.logs.append((level if 0 <= level <= 3 else 1, data.decode("utf-8", "replace")))
-
-
-def _host_set_error(ptr: int, length: int) -> None:
-    st = _state()
-    st.error = _guest_bytes(st, ptr, length, "forge.set_error", 8192).decode("utf-8", "replace")
-
-
-_HOST_FUNCS: dict[str, Callable[..., None]] = {"log": _host_log, "set_error": _host_set_error}
 
 
 def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasmtime.FuncType:
@@ -90,28 +47,55 @@ class ForgeV1Runtime:
     """One compiled forge/1 plugin version; makes instances."""
 
     def __init__(
-        self, engines: Engines, manifest: Manifest, module: wasmtime.Module, caps: WorkerCaps
+        self,
+        engines: Engines,
+        manifest: Manifest,
+        module: wasmtime.Module,
+        limits: CallLimits,
+        env: HostEnv,
     ) -> None:
         self.manifest = manifest
         self.engines = engines
-        self.engine = engines.get(engine_settings_for(manifest))
-        limits = manifest.limits
-        self.memory_bytes = min(limits.memory_mb, caps.max_memory_mb) * 1024 * 1024
-        self.max_output = min(limits.max_output_bytes, caps.max_io_bytes)
-        self.table_elements = limits.max_table_elements
+        self.limits = limits
+        self.env = env
+        self.engine = engines.get(engine_settings_for(limits))
+        self.memory_bytes = limits.memory_bytes
+        self.max_output = limits.max_output_bytes
+        self.table_elements = limits.table_elements
         linker = wasmtime.Linker(self.engine)
         for name, sig in FORGE_V1_IMPORTS.items():
             linker.define_func(
-                HOST_MODULE, name, _functype(sig.params, sig.results), _HOST_FUNCS[name]
+                HOST_MODULE, name, _functype(sig.params, sig.results), host.HOST_FUNCS[name]
             )
+        self.uses_wasi = any(i.module == WASI_MODULE for i in module.imports)
+        if self.uses_wasi:
+            linker.define_wasi()
         self.pre = linker.instantiate_pre(module)
         exported = {e.name for e in module.exports}
+        self.has_initialize = "_initialize" in exported
         self.has_dealloc = "dealloc" in exported
         self.has_init = "init" in exported
         self.has_shutdown = "shutdown" in exported
 
     def new_instance(self) -> ForgeV1Instance:
         return ForgeV1Instance(self)
+
+    def wasi_config(self) -> wasmtime.WasiConfig:
+        """WASI with nothing granted but output: no args, no env, no preopens unless granted."""
+        cfg = wasmtime.WasiConfig()
+        cfg.stdout_custom(host.wasi_output(1))
+        cfg.stderr_custom(host.wasi_output(2))
+        env = [
+            (p.arg, os.environ[p.arg])
+            for p in self.env.grants.granted("env")
+            if p.arg in os.environ
+        ]
+        if env:
+            cfg.env(env)
+        for p in self.env.grants.granted("fs"):
+            if os.path.isdir(p.arg):
+                cfg.preopen_dir(p.arg, p.arg, fs_mutable=not p.read_only)
+        return cfg
 
 
 class ForgeV1Instance:
@@ -129,11 +113,13 @@ class ForgeV1Instance:
             tables=4,
             memories=1,
         )
+        if rt.uses_wasi:
+            store.set_wasi(rt.wasi_config())
         self.store = store
-        self._fuel = rt.manifest.limits.fuel
+        self._fuel = rt.limits.fuel
         self._arm(LIFECYCLE_TIMEOUT_S)
-        st = _CallState(None)
-        _current.state = st
+        st = CallState(rt.env, None, None, CallMeta(time.monotonic() + LIFECYCLE_TIMEOUT_S))
+        host.enter(st)
         try:
             try:
                 instance = rt.pre.instantiate(store)
@@ -153,6 +139,12 @@ class ForgeV1Instance:
                 return RawFunc(store, f, params, results)
 
             self._alloc = fn("alloc", ("i32",), ("i32",))
+            st.alloc = self._alloc
+            if rt.has_initialize:
+                try:
+                    fn("_initialize", (), ())()
+                except GuestTrap as e:
+                    raise self._classify(e, st) from None
             self._dealloc = fn("dealloc", ("i32", "i32"), ()) if rt.has_dealloc else None
             self._shutdown = fn("shutdown", (), ()) if rt.has_shutdown else None
             self._handlers = {
@@ -166,7 +158,7 @@ class ForgeV1Instance:
                 if rc != 0 or st.error is not None:
                     raise PluginError(f"init failed: {st.error or f'returned {rc}'}")
         finally:
-            _current.state = None
+            host.leave()
             self.logs = st.logs
 
     # --- one call ---------------------------------------------------------------
@@ -175,12 +167,12 @@ class ForgeV1Instance:
         if self._fuel is not None:
             self.store.set_fuel(self._fuel)
 
-    def call(self, fn: str, data: bytes, timeout_s: float) -> Invocation:
+    def call(self, fn: str, data: bytes, meta: CallMeta) -> Invocation:
         """One call, following docs/abi.md section 4 step by step."""
         handler = self._handlers[fn]
-        st = _CallState(self.memory)
-        self._arm(timeout_s)
-        _current.state = st
+        st = CallState(self.rt.env, self.memory, self._alloc, meta)
+        self._arm(meta.deadline - time.monotonic())
+        host.enter(st)
         started = time.perf_counter_ns()
         try:
             in_ptr = (self._alloc(len(data)) or 0) & 0xFFFFFFFF
@@ -193,7 +185,7 @@ class ForgeV1Instance:
             output = b""
             error: ForgeError | None = None
             if st.error is not None:
-                error = PluginError(st.error)
+                error = Rejected(st.error) if st.rejected else PluginError(st.error)
             elif out_len > self.rt.max_output:
                 raise OutputTooLarge(f"output of {out_len} bytes exceeds {self.rt.max_output}")
             else:
@@ -206,7 +198,7 @@ class ForgeV1Instance:
             self.broken = True
             raise
         finally:
-            _current.state = None
+            host.leave()
             self.logs = st.logs
         if error is not None:
             raise error
@@ -231,7 +223,7 @@ class ForgeV1Instance:
         except GuestTrap:
             self.broken = True
 
-    def _classify(self, e: GuestTrap, st: _CallState) -> ForgeError:
+    def _classify(self, e: GuestTrap, st: CallState) -> ForgeError:
         """Map a trap to the typed error a caller sees."""
         if st.fault is not None:
             return st.fault
@@ -252,13 +244,20 @@ class ForgeV1Instance:
     def close(self, graceful: bool) -> None:
         if graceful and not self.broken and self._shutdown is not None:
             self._arm(LIFECYCLE_TIMEOUT_S)
-            _current.state = _CallState(self.memory)
+            host.enter(
+                CallState(
+                    self.rt.env,
+                    self.memory,
+                    self._alloc,
+                    CallMeta(time.monotonic() + LIFECYCLE_TIMEOUT_S),
+                )
+            )
             try:
                 self._shutdown()
             except GuestTrap:
                 pass
             finally:
-                _current.state = None
+                host.leave()
         self.broken = True
         self._handlers = {}
 

@@ -19,11 +19,13 @@ from nats.js.kv import KeyValue
 from schemas.codec import DecodeError, decode
 from schemas.errors import ForgeError, Unavailable
 from schemas.messages import DeploymentRecord, VersionEntry
+from schemas.policy import missing
 
 from . import metrics
 from .executor import Executor
 from .hosted import HostedPlugin, HostedVersion
 from .loader import Loader
+from .policy import PolicyView
 
 log = logging.getLogger("forge.worker.deployments")
 
@@ -52,7 +54,10 @@ class DeploymentWatcher:
         hosted: dict[str, HostedPlugin],
         servers: Sequence[PluginServer],
         executor: Executor,
+        policy: PolicyView,
     ) -> None:
+        self.policy = policy
+        policy.on_change(self._on_policy_change)
         self.kv = kv
         self.loader = loader
         self.hosted = hosted
@@ -96,8 +101,25 @@ class DeploymentWatcher:
                 metrics.BAD_MESSAGES.labels("deployments").inc()
                 log.error("event=bad_deployment_record key=%s error=%s", key, e)
                 return
+            current = self._desired.get(key)
+            if (
+                current is not None
+                and current.record is not None
+                and record.deployed_at_ms < current.record.deployed_at_ms
+            ):
+                metrics.BAD_MESSAGES.labels("deployments").inc()
+                log.error(
+                    "event=replayed_deployment_record key=%s at_ms=%d current_at_ms=%d",
+                    key,
+                    record.deployed_at_ms,
+                    current.record.deployed_at_ms,
+                )
+                return
             desired = _Desired(record)
         self._desired[key] = desired
+        self._kick(key)
+
+    def _kick(self, key: str) -> None:
         self._dirty.add(key)
         task = self._tasks.get(key)
         if task is None or task.done():
@@ -115,11 +137,35 @@ class DeploymentWatcher:
             except Exception:
                 log.exception("event=reconcile_failed plugin=%s", plugin)
 
+    def _on_policy_change(self) -> None:
+        """Apply new grants at once (a revoked grant fails the next host call), then
+        reconcile every plugin: ones that no longer fit are unloaded, ones that now fit load."""
+        for plugin, hp in self.hosted.items():
+            for hv in hp.versions.values():
+                granted = self.policy.grants(plugin, hv.key_id)
+                still = [p for p in hv.manifest.permissions if not missing([p], granted)]
+                hv.env.grants.replace(still)
+        for plugin in list(self._desired):
+            self._kick(plugin)
+
     async def _apply(self, plugin: str, record: DeploymentRecord) -> None:
         hp = self.hosted.get(plugin)
         if hp is None:
             hp = HostedPlugin(record)
         wanted = {e.version: e for e in record.versions}
+        for version, hv in list(hp.versions.items()):
+            absent = self.policy.missing(plugin, hv.key_id, hv.manifest.permissions)
+            if absent:
+                self._drain(hp.versions.pop(version))
+                hp.failed[version] = f"the policy no longer grants: {', '.join(absent)}"
+                log.warning(
+                    "event=unloaded_by_policy plugin=%s version=%s missing=%s",
+                    plugin,
+                    version,
+                    ",".join(absent),
+                )
+            else:
+                hv.env.config = dict(record.config)
         for entry in record.versions:
             current = hp.versions.get(entry.version)
             if current is not None and current.digest == entry.digest:
@@ -128,7 +174,7 @@ class DeploymentWatcher:
                 return
             metrics.PLUGINS_LOADED.labels("loading").inc()
             try:
-                hv = await self._load(plugin, entry)
+                hv = await self._load(plugin, entry, record.config)
             except ForgeError as e:
                 hp.failed[entry.version] = e.message
                 metrics.PLUGINS_LOADED.labels("failed").inc()
@@ -164,11 +210,13 @@ class DeploymentWatcher:
             else:
                 await server.stop(plugin)
 
-    async def _load(self, plugin: str, entry: VersionEntry) -> HostedVersion:
+    async def _load(
+        self, plugin: str, entry: VersionEntry, config: dict[str, str]
+    ) -> HostedVersion:
         delay = 0.2
         for attempt in range(LOAD_RETRIES):
             try:
-                return await self.loader.load(plugin, entry)
+                return await self.loader.load(plugin, entry, config)
             except ForgeError:
                 raise
             except Exception as e:  # bus or object store trouble: worth another go
@@ -190,8 +238,6 @@ class DeploymentWatcher:
 
     def _drain(self, hv: HostedVersion) -> None:
         metrics.PLUGINS_LOADED.labels("ready").dec()
-        task = asyncio.create_task(
-            hv.drain(self.executor, hv.manifest.limits.timeout_ms / 1000 + 1)
-        )
+        task = asyncio.create_task(hv.drain(self.executor, hv.limits.timeout_ms / 1000 + 1))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

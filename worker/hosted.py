@@ -8,14 +8,21 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from schemas.errors import Overloaded, PluginNotFound, Timeout
+from schemas.errors import (
+    FunctionNotFound,
+    InputTooLarge,
+    Overloaded,
+    PluginNotFound,
+    Timeout,
+)
 from schemas.manifest import Manifest
 from schemas.messages import DeploymentRecord, LoadedPlugin
 
 from . import metrics
 from .executor import Executor
+from .host import CallMeta, HostEnv
 from .pool import InstancePool, Outcome
-from .runtime import PluginRuntime
+from .runtime import CallLimits, PluginRuntime
 
 
 class HostedVersion:
@@ -26,26 +33,60 @@ class HostedVersion:
         plugin: str,
         version: str,
         digest: str,
+        key_id: str,
         runtime: PluginRuntime,
-        pool_size: int,
+        limits: CallLimits,
+        env: HostEnv,
         max_queue: int,
     ) -> None:
         self.plugin = plugin
         self.version = version
         self.digest = digest
+        self.key_id = key_id
+        """The publisher key that signed the package (policy records may grant by key)."""
         self.runtime = runtime
+        self.limits = limits
+        self.env = env
         self.manifest: Manifest = runtime.manifest
-        self.pool = InstancePool(runtime, pool_size)
+        self.pool = InstancePool(runtime, limits.pool_size)
         self.max_queue = max_queue
-        self._slots = asyncio.Semaphore(pool_size)
+        self._slots = asyncio.Semaphore(limits.pool_size)
         self.waiting = 0
         self.running = 0
         self.draining = False
         self._idle_event = asyncio.Event()
         self._idle_event.set()
 
-    async def call(self, executor: Executor, fn: str, data: bytes, deadline: float) -> Outcome:
-        """Admit, queue (bounded), and run one call before ``deadline`` (monotonic)."""
+    def check(self, fn: str, input_len: int) -> None:
+        """Refuse a call this version cannot take, before it queues."""
+        if fn not in self.manifest.exports:
+            raise FunctionNotFound(
+                f"{self.plugin}@{self.version} does not export {fn!r} "
+                f"(it exports {', '.join(self.manifest.exports)})"
+            )
+        if input_len > self.limits.max_input_bytes:
+            raise InputTooLarge(f"input of {input_len} bytes exceeds {self.limits.max_input_bytes}")
+
+    def meta(
+        self,
+        asked_timeout_ms: int | None = None,
+        depth: int = 0,
+        traceparent: str | None = None,
+        not_after: float | None = None,
+    ) -> CallMeta:
+        """The call's deadline: the plugin's timeout, shortened by the caller's and by
+        ``not_after`` (a monotonic time, e.g. a job's deadline)."""
+        timeout_ms = self.limits.timeout_ms
+        if asked_timeout_ms is not None:
+            timeout_ms = min(timeout_ms, asked_timeout_ms)
+        deadline = time.monotonic() + timeout_ms / 1000
+        if not_after is not None:
+            deadline = min(deadline, not_after)
+        return CallMeta(deadline, depth, traceparent)
+
+    async def call(self, executor: Executor, fn: str, data: bytes, meta: CallMeta) -> Outcome:
+        """Admit, queue (bounded), and run one call before ``meta.deadline`` (monotonic)."""
+        deadline = meta.deadline
         if self.waiting >= self.max_queue:
             raise Overloaded(f"{self.plugin}@{self.version}: {self.waiting} calls already queued")
         self.waiting += 1
@@ -60,7 +101,7 @@ class HostedVersion:
                 self.waiting -= 1
             try:
                 self._gauges(+1)
-                return await executor.run(self.pool, fn, data, deadline)
+                return await executor.run(self.pool, fn, data, meta)
             finally:
                 self._slots.release()
                 self._gauges(-1)

@@ -13,13 +13,20 @@ from nats.aio.subscription import Subscription
 from schemas.codec import DecodeError, decode, encode
 from schemas.errors import (
     BadRequest,
+    Denied,
     ForgeError,
-    FunctionNotFound,
-    InputTooLarge,
     InternalError,
     PluginNotFound,
 )
-from schemas.messages import HEADER_TIMEOUT_MS, HEADER_VERSION, CallResult, InvokeRequest
+from schemas.messages import (
+    HEADER_DEPTH,
+    HEADER_TIMEOUT_MS,
+    HEADER_TRACEPARENT,
+    HEADER_VERSION,
+    MAX_CALL_DEPTH,
+    CallResult,
+    InvokeRequest,
+)
 from schemas.subjects import INVOKE_QUEUE, Subjects
 
 from . import metrics
@@ -132,27 +139,15 @@ class InvokeServer:
             raise PluginNotFound(f"plugin {plugin!r} is not deployed on this worker")
         headers = msg.headers or {}
         hv = hosted.pick(headers.get(HEADER_VERSION))
-        m = hv.manifest
-        if fn not in m.exports:
-            raise FunctionNotFound(
-                f"{plugin}@{hv.version} does not export {fn!r} (it exports {', '.join(m.exports)})"
-            )
-        cap = min(m.limits.max_input_bytes, self.caps.max_io_bytes)
-        if len(req.input) > cap:
-            raise InputTooLarge(f"input of {len(req.input)} bytes exceeds {cap}")
-        timeout_ms = min(m.limits.timeout_ms, self.caps.max_timeout_ms)
-        raw = headers.get(HEADER_TIMEOUT_MS)
-        if raw is not None:
-            try:
-                asked = int(raw)
-            except ValueError:
-                raise BadRequest(
-                    f"{HEADER_TIMEOUT_MS} header {raw[:32]!r} is not an integer"
-                ) from None
-            if asked <= 0:
-                raise BadRequest(f"{HEADER_TIMEOUT_MS} must be positive")
-            timeout_ms = min(timeout_ms, asked)
-        out = await hv.call(self.executor, fn, req.input, time.monotonic() + timeout_ms / 1000)
+        hv.check(fn, len(req.input))
+        meta = hv.meta(
+            _header_int(headers, HEADER_TIMEOUT_MS, 1),
+            _header_int(headers, HEADER_DEPTH, 0) or 0,
+            headers.get(HEADER_TRACEPARENT),
+        )
+        if meta.depth > MAX_CALL_DEPTH:
+            raise Denied(f"call nesting deeper than {MAX_CALL_DEPTH}")
+        out = await hv.call(self.executor, fn, req.input, meta)
         if out.created_instance:
             metrics.INSTANCES_CREATED.labels(plugin, hv.version).inc()
         if out.discarded:
@@ -174,3 +169,16 @@ class InvokeServer:
             version=hv.version,
             worker=self.worker_id,
         ), out.logs
+
+
+def _header_int(headers: dict[str, str], name: str, minimum: int) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} header {raw[:32]!r} is not an integer") from None
+    if value < minimum:
+        raise BadRequest(f"{name} must be at least {minimum}")
+    return value

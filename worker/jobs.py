@@ -28,13 +28,12 @@ from schemas.errors import (
     DeadlineExceeded,
     ErrorCode,
     ForgeError,
-    FunctionNotFound,
-    InputTooLarge,
     InternalError,
     PluginNotFound,
 )
 from schemas.messages import (
     HEADER_MSG_ID,
+    HEADER_TRACEPARENT,
     CallResult,
     DeadLetter,
     ErrorInfo,
@@ -58,6 +57,7 @@ PERMANENT = frozenset(
         ErrorCode.INPUT_TOO_LARGE,
         ErrorCode.DEADLINE_EXCEEDED,
         ErrorCode.DENIED,
+        ErrorCode.REJECTED,
     }
 )
 #: How long one fetch waits for jobs before checking capacity again.
@@ -204,7 +204,7 @@ class JobRunner:
                 await msg.ack()
                 metrics.JOBS_DONE.labels(plugin, "already_stored").inc()
                 return
-        result = await self._execute(plugin, fn, job)
+        result = await self._execute(plugin, fn, job, (msg.headers or {}).get(HEADER_TRACEPARENT))
         code = result.error.code if result.error else None
         if result.ok:
             await self._store(job, result, attempt)
@@ -218,7 +218,9 @@ class JobRunner:
             await msg.nak(delay=delay)
         metrics.JOBS_DONE.labels(plugin, "ok" if result.ok else (code or "error")).inc()
 
-    async def _execute(self, plugin: str, fn: str, job: JobRequest) -> CallResult:
+    async def _execute(
+        self, plugin: str, fn: str, job: JobRequest, traceparent: str | None
+    ) -> CallResult:
         version = ""
         try:
             now_ms = _now_ms()
@@ -230,18 +232,13 @@ class JobRunner:
             if hp is None:
                 raise PluginNotFound(f"plugin {plugin!r} is no longer hosted here")
             hv = hp.pick(job.version or None)
-            m = hv.manifest
             version = hv.version
-            if fn not in m.exports:
-                raise FunctionNotFound(f"{plugin}@{hv.version} does not export {fn!r}")
-            cap = min(m.limits.max_input_bytes, self.caps.max_io_bytes)
-            if len(job.input) > cap:
-                raise InputTooLarge(f"input of {len(job.input)} bytes exceeds {cap}")
-            timeout_s = min(m.limits.timeout_ms, self.caps.max_timeout_ms) / 1000
-            deadline = time.monotonic() + timeout_s
+            hv.check(fn, len(job.input))
+            not_after = None
             if job.deadline_ms:
-                deadline = min(deadline, time.monotonic() + (job.deadline_ms - now_ms) / 1000)
-            out = await hv.call(self.executor, fn, job.input, deadline)
+                not_after = time.monotonic() + (job.deadline_ms - now_ms) / 1000
+            meta = hv.meta(traceparent=traceparent, not_after=not_after)
+            out = await hv.call(self.executor, fn, job.input, meta)
         except ForgeError as e:
             return CallResult.failure(
                 e, plugin=plugin, fn=fn, version=version, worker=self.worker_id

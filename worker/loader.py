@@ -18,7 +18,7 @@ from pathlib import Path
 import wasmtime
 from nats.js.object_store import ObjectStore
 
-from schemas.errors import ForgeError, PackageRejected
+from schemas.errors import Denied, ForgeError, PackageRejected
 from schemas.messages import VersionEntry
 from schemas.package import VerifiedPackage, verify_package
 from schemas.signing import TrustStore
@@ -26,8 +26,10 @@ from schemas.signing import TrustStore
 from . import metrics
 from .compile_cache import CompileCache
 from .engine import Engines
+from .host import Grants, HostBridge, HostEnv
 from .hosted import HostedVersion
-from .runtime import WorkerCaps, engine_settings_for, make_runtime
+from .policy import PolicyView
+from .runtime import WorkerCaps, effective_limits, engine_settings_for, make_runtime
 
 log = logging.getLogger("forge.worker.loader")
 
@@ -42,7 +44,11 @@ class Loader:
         caps: WorkerCaps,
         max_queue: int,
         warm: int,
+        policy: PolicyView,
+        bridge: HostBridge | None,
     ) -> None:
+        self.policy = policy
+        self.bridge = bridge
         self.packages = packages
         self.trust_path = trust_path
         self.cache = cache
@@ -61,7 +67,9 @@ class Loader:
             )
         return data
 
-    def _prepare(self, plugin: str, entry: VersionEntry, data: bytes) -> HostedVersion:
+    def _prepare(
+        self, plugin: str, entry: VersionEntry, data: bytes, config: dict[str, str]
+    ) -> HostedVersion:
         """Blocking part: verify, validate, compile (or load), instantiate and init."""
         trust = TrustStore.load(self.trust_path)  # re-read: revocations apply at the next load
         try:
@@ -75,7 +83,11 @@ class Loader:
                 f"package is {m.name}@{m.version}, but the deployment names "
                 f"{plugin}@{entry.version}"
             )
-        settings = engine_settings_for(m)
+        absent = self.policy.missing(plugin, pkg.key_id, m.permissions)
+        if absent:
+            raise Denied(f"the policy does not grant {plugin}: {', '.join(absent)}")
+        limits = effective_limits(m, self.caps, self.policy.caps(plugin, pkg.key_id))
+        settings = engine_settings_for(limits)
         engine = self.engines.get(settings)
         try:
             wasmtime.Module.validate(engine, pkg.wasm)
@@ -85,22 +97,22 @@ class Loader:
         started = time.perf_counter()
         compiled = self.cache.load(engine, settings, pkg.wasm, m.wasm_sha256)
         metrics.COMPILE_SECONDS.labels(compiled.cache_result).observe(time.perf_counter() - started)
-        runtime = make_runtime(self.engines, m, compiled.module, self.caps)
-        pool_size = min(m.limits.pool_size, self.caps.max_pool_size)
+        env = HostEnv(plugin, entry.version, Grants(m.permissions), dict(config), self.bridge)
+        runtime = make_runtime(self.engines, m, compiled.module, limits, env)
         hosted = HostedVersion(
-            plugin, entry.version, entry.digest, runtime, pool_size, self.max_queue
+            plugin, entry.version, entry.digest, pkg.key_id, runtime, limits, env, self.max_queue
         )
         hosted.pool.warm(self.warm)
         metrics.INSTANCES_CREATED.labels(plugin, entry.version).inc(hosted.pool.created)
         return hosted
 
-    async def load(self, plugin: str, entry: VersionEntry) -> HostedVersion:
+    async def load(self, plugin: str, entry: VersionEntry, config: dict[str, str]) -> HostedVersion:
         """A ready version, or a ForgeError saying why it cannot be loaded."""
         data = await self.fetch(entry.digest)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._compile_thread, self._prepare, plugin, entry, data
+                self._compile_thread, self._prepare, plugin, entry, data, config
             )
         except ForgeError:
             raise

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import signal
 import sys
+from typing import Any
 
 import nats
 import uvloop
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
+from schemas.credentials import connect_options
 from schemas.subjects import Subjects
 
 from . import metrics
@@ -21,10 +24,12 @@ from .deployments import DeploymentWatcher
 from .engine import Engines
 from .executor import Executor
 from .heartbeat import Heartbeats
+from .host import HostBridge
 from .hosted import HostedPlugin
 from .invoke import InvokeServer
 from .jobs import JobRunner
 from .loader import Loader
+from .policy import PolicyView
 from .settings import WorkerSettings, parse_args
 from .status_http import serve_status
 from .syscalls import SyscallBus
@@ -36,27 +41,63 @@ STOP_GRACE_S = 10.0
 
 
 async def connect(settings: WorkerSettings, name: str) -> Client:
+    """Connect, waiting for NATS as long as it takes; exit at once if it refuses the credentials."""
+    try:
+        auth = connect_options(settings.credentials)
+    except ValueError as e:
+        raise SystemExit(f"forgeone-worker: {e}") from None
+    nc = Client()
+    connecting = True
+
+    def refused(e: BaseException) -> bool:
+        return isinstance(e, nats.errors.AuthorizationError) or (
+            isinstance(e, nats.errors.Error) and "authorization violation" in str(e).lower()
+        )
+
     async def on_error(e: Exception) -> None:
-        log.warning("event=nats_error error=%r", e)
+        if connecting and refused(e):
+            nc.options["allow_reconnect"] = False  # stop the connect loop: retrying cannot help
+        elif refused(e):
+            log.error("event=nats_auth_refused error=%r (credentials revoked?)", e)
+        else:
+            log.warning("event=nats_error error=%r", e)
 
     async def on_disconnect() -> None:
-        log.warning("event=nats_disconnected")
+        if not connecting:  # a refused first connection is reported below instead
+            log.warning("event=nats_disconnected")
 
     async def on_reconnect() -> None:
         log.info("event=nats_reconnected")
 
-    return await nats.connect(
-        servers=settings.nats_url.split(","),
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        user_credentials=settings.credentials,
-        connect_timeout=5,
-        allow_reconnect=True,
-    )
+    options: dict[str, Any] = {
+        "servers": settings.nats_url.split(","),
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,  # seconds; nats-py's annotation says int, it takes floats
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "connect_timeout": 5,
+        "allow_reconnect": True,
+        **auth,
+    }
+    try:
+        await nc.connect(**options)
+    except nats.errors.Error as e:
+        if not refused(e):
+            raise
+        with contextlib.suppress(Exception):
+            await nc.close()
+        given = (
+            f"in {settings.credentials}"
+            if settings.credentials
+            else "(none given: set --creds or FORGE_NATS_CREDS)"
+        )
+        raise SystemExit(
+            f"forgeone-worker: NATS at {settings.nats_url} refused the credentials {given}"
+        ) from None
+    connecting = False
+    return nc
 
 
 async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-untyped-def]
@@ -67,7 +108,8 @@ async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-u
         try:
             kv = await js.key_value(subjects.deployments_bucket)
             obj = await js.object_store(subjects.packages_bucket)
-            return kv, obj
+            policy = await js.key_value(subjects.policy_bucket)
+            return kv, obj, policy
         except (
             BucketNotFoundError,
             NotFoundError,
@@ -82,7 +124,7 @@ async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-u
 async def run(settings: WorkerSettings) -> int:
     subjects = Subjects(settings.prefix)
     nc = await connect(settings, f"forge-worker {settings.worker_id}")
-    kv, obj = await wait_for_buckets(nc, subjects)
+    kv, obj, policy_kv = await wait_for_buckets(nc, subjects)
     engines = Engines()
     executor = Executor(settings.effective_slots)
     cache = CompileCache(
@@ -93,6 +135,8 @@ async def run(settings: WorkerSettings) -> int:
     server = InvokeServer(
         nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.caps
     )
+    policy = PolicyView(policy_kv)
+    bridge = HostBridge(asyncio.get_running_loop(), nc, subjects)
     loader = Loader(
         obj,
         settings.trust_store,
@@ -101,11 +145,13 @@ async def run(settings: WorkerSettings) -> int:
         settings.caps,
         settings.max_queue,
         settings.warm_instances,
+        policy,
+        bridge,
     )
     jobs = JobRunner(
         nc, subjects, hosted, executor, settings.worker_id, settings.caps, settings.job_backoff_s
     )
-    watcher = DeploymentWatcher(kv, loader, hosted, [server, jobs], executor)
+    watcher = DeploymentWatcher(kv, loader, hosted, [server, jobs], executor, policy)
     beats = Heartbeats(
         nc,
         subjects,
@@ -138,7 +184,9 @@ async def run(settings: WorkerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(beats.run())]
+    tasks = [asyncio.create_task(policy.run())]
+    await policy.synced.wait()  # know the grants before loading anything
+    tasks += [asyncio.create_task(watcher.run()), asyncio.create_task(beats.run())]
     await stop.wait()
 
     log.info("event=worker_stopping id=%s", settings.worker_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from schemas.errors import ForgeError, InternalError, Timeout
 
+from .host import CallMeta
 from .runtime import GuestInstance, Invocation, PluginRuntime
 
 log = logging.getLogger("forge.worker.pool")
@@ -53,13 +54,12 @@ class InstancePool:
             self._idle.append(inst)
         return logs
 
-    def run(self, fn: str, data: bytes, deadline: float) -> Outcome:
+    def run(self, fn: str, data: bytes, meta: CallMeta) -> Outcome:
         """Check out an instance, call ``fn``, and return or discard the instance.
 
-        ``deadline`` is a ``time.monotonic()`` value. Blocking: runs on an executor thread.
+        Blocking: runs on an executor thread.
         """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if meta.deadline - time.monotonic() <= 0:
             return Outcome(error=Timeout("deadline passed while the call was queued"))
         out = Outcome()
         try:
@@ -75,7 +75,7 @@ class InstancePool:
             self.created += 1
             out.created_instance = True
         try:
-            out.invocation = inst.call(fn, data, remaining)
+            out.invocation = inst.call(fn, data, meta)
         except ForgeError as e:
             out.error = e
         except Exception as e:

@@ -12,12 +12,10 @@ from typing import Protocol
 import wasmtime
 
 from schemas.manifest import ABI_FORGE_V1, Manifest
+from schemas.policy import Caps
 
 from .engine import Engines, EngineSettings
-
-#: Most log lines one call may buffer, and most bytes per line; the rest is dropped.
-MAX_LOG_LINES = 256
-MAX_LOG_LINE = 16 * 1024
+from .host import CallMeta, HostEnv
 
 
 @dataclass(slots=True)
@@ -36,8 +34,11 @@ class GuestInstance(Protocol):
     logs: list[tuple[int, str]]
     """Log lines of the last call, or of instantiation and init."""
 
-    def call(self, fn: str, data: bytes, timeout_s: float) -> Invocation:
-        """Run ``fn`` on ``data``; raise a ForgeError on any failure. Not thread-safe."""
+    def call(self, fn: str, data: bytes, meta: CallMeta) -> Invocation:
+        """Run ``fn`` on ``data`` by ``meta.deadline``; raise a ForgeError on failure.
+
+        Not thread-safe: one thread at a time per instance.
+        """
         ...
 
     def close(self, graceful: bool) -> None:
@@ -63,18 +64,52 @@ class WorkerCaps:
     max_io_bytes: int = 8 * 1024 * 1024
 
 
-def engine_settings_for(manifest: Manifest) -> EngineSettings:
-    return EngineSettings(
-        max_stack_kb=manifest.limits.max_stack_kb, fuel=manifest.limits.fuel is not None
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """The limits a plugin version actually runs with: its manifest's, capped by the
+    worker and by the operator's policy."""
+
+    timeout_ms: int
+    memory_bytes: int
+    fuel: int | None
+    max_input_bytes: int
+    max_output_bytes: int
+    pool_size: int
+    max_stack_kb: int
+    table_elements: int
+
+
+def _cap(value: int, *caps: int | None) -> int:
+    return min([value, *[c for c in caps if c is not None]])
+
+
+def effective_limits(manifest: Manifest, worker: WorkerCaps, policy: Caps) -> CallLimits:
+    m = manifest.limits
+    fuel = m.fuel
+    if policy.fuel is not None:  # a fuel cap turns metering on
+        fuel = min(fuel, policy.fuel) if fuel is not None else policy.fuel
+    return CallLimits(
+        timeout_ms=_cap(m.timeout_ms, worker.max_timeout_ms, policy.timeout_ms),
+        memory_bytes=_cap(m.memory_mb, worker.max_memory_mb, policy.memory_mb) * 1024 * 1024,
+        fuel=fuel,
+        max_input_bytes=_cap(m.max_input_bytes, worker.max_io_bytes),
+        max_output_bytes=_cap(m.max_output_bytes, worker.max_io_bytes),
+        pool_size=_cap(m.pool_size, worker.max_pool_size, policy.pool_size),
+        max_stack_kb=m.max_stack_kb,
+        table_elements=m.max_table_elements,
     )
 
 
+def engine_settings_for(limits: CallLimits) -> EngineSettings:
+    return EngineSettings(max_stack_kb=limits.max_stack_kb, fuel=limits.fuel is not None)
+
+
 def make_runtime(
-    engines: Engines, manifest: Manifest, module: wasmtime.Module, caps: WorkerCaps
+    engines: Engines, manifest: Manifest, module: wasmtime.Module, limits: CallLimits, env: HostEnv
 ) -> PluginRuntime:
     """The adapter for the manifest's ABI."""
     if manifest.abi == ABI_FORGE_V1:
         from .abi_forge import ForgeV1Runtime
 
-        return ForgeV1Runtime(engines, manifest, module, caps)
+        return ForgeV1Runtime(engines, manifest, module, limits, env)
     raise ValueError(f"ABI {manifest.abi!r} is not supported by this worker")
