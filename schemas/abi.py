@@ -74,9 +74,11 @@ def check_abi(manifest: Manifest, shape: ModuleShape) -> list[str]:
         problems.append("unknown imports: " + ", ".join(sorted(unknown)))
     for imp in shape.imports:
         needs = IMPORT_PERMISSIONS.get(imp.name) if imp.module == HOST_MODULE else None
-        if needs and needs not in manifest.permissions:
+        kinds = {p.partition(":")[0] for p in manifest.permissions}
+        if needs and needs not in kinds:
+            what = needs if needs in ("log", "clock", "random", "config") else f"{needs}:..."
             problems.append(
-                f"import {imp.module}.{imp.name} needs permission {needs!r} in the manifest"
+                f"import {imp.module}.{imp.name} needs a {what!r} permission in the manifest"
             )
     mem = shape.exports.get("memory")
     if mem is None or mem.kind != "memory":

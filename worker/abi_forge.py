@@ -80,18 +80,18 @@ class ForgeV1Runtime:
     def new_instance(self) -> ForgeV1Instance:
         return ForgeV1Instance(self)
 
-    def wasi_config(self) -> wasmtime.WasiConfig:
+    def wasi_config(self, output: host.WasiOutput) -> wasmtime.WasiConfig:
         """WASI with nothing granted but output: no args, no env, no preopens unless granted."""
         cfg = wasmtime.WasiConfig()
-        cfg.stdout_custom(host.wasi_output(1))
-        cfg.stderr_custom(host.wasi_output(2))
+        cfg.stdout_file = output.stdout_path
+        cfg.stderr_file = output.stderr_path
         env = [
             (p.arg, os.environ[p.arg])
             for p in self.env.grants.granted("env")
             if p.arg in os.environ
         ]
         if env:
-            cfg.env(env)
+            cfg.env = env
         for p in self.env.grants.granted("fs"):
             if os.path.isdir(p.arg):
                 cfg.preopen_dir(p.arg, p.arg, fs_mutable=not p.read_only)
@@ -113,8 +113,10 @@ class ForgeV1Instance:
             tables=4,
             memories=1,
         )
+        self._wasi_out: host.WasiOutput | None = None
         if rt.uses_wasi:
-            store.set_wasi(rt.wasi_config())
+            self._wasi_out = host.WasiOutput()
+            store.set_wasi(rt.wasi_config(self._wasi_out))
         self.store = store
         self._fuel = rt.limits.fuel
         self._arm(LIFECYCLE_TIMEOUT_S)
@@ -159,6 +161,7 @@ class ForgeV1Instance:
                     raise PluginError(f"init failed: {st.error or f'returned {rc}'}")
         finally:
             host.leave()
+            self._drain_wasi(st)
             self.logs = st.logs
 
     # --- one call ---------------------------------------------------------------
@@ -199,6 +202,7 @@ class ForgeV1Instance:
             raise
         finally:
             host.leave()
+            self._drain_wasi(st)
             self.logs = st.logs
         if error is not None:
             raise error
@@ -260,6 +264,13 @@ class ForgeV1Instance:
                 host.leave()
         self.broken = True
         self._handlers = {}
+        if self._wasi_out is not None:
+            self._wasi_out.close()
+
+    def _drain_wasi(self, st: CallState) -> None:
+        """WASI output of the call becomes its log lines; too much output retires the instance."""
+        if self._wasi_out is not None and not self._wasi_out.drain(st.logs):
+            self.broken = True
 
 
 def _first_line(message: str) -> str:

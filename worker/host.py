@@ -11,7 +11,9 @@ interruption cannot stop time spent in the host. Fire-and-forget ones
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -425,15 +427,36 @@ HOST_FUNCS: dict[str, Callable[..., Any]] = {
 }
 
 
-def wasi_output(level: int) -> Callable[[bytes], None]:
-    """A WASI stdout/stderr sink that turns lines into log entries of the current call."""
+class WasiOutput:
+    """A guest's WASI stdout and stderr, captured to private files and read back as log lines.
 
-    def sink(data: bytes) -> None:
-        st: CallState | None = getattr(_current, "state", None)
-        if st is None:
-            return
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line and len(st.logs) < MAX_LOG_LINES:
-                st.logs.append((level, line[:MAX_LOG_LINE]))
+    (wasmtime writes WASI output from its own threads, so a callback could not tell which
+    call the bytes belong to; files read after each call can.)
+    """
 
-    return sink
+    #: Past this many bytes of output, the instance is replaced rather than the file kept.
+    MAX_BYTES = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        fd_out, self.stdout_path = tempfile.mkstemp(prefix="forge-wasi-", suffix=".out")
+        fd_err, self.stderr_path = tempfile.mkstemp(prefix="forge-wasi-", suffix=".err")
+        os.close(fd_out)
+        os.close(fd_err)
+        self._offsets = {self.stdout_path: 0, self.stderr_path: 0}
+
+    def drain(self, logs: list[tuple[int, str]]) -> bool:
+        """Append output written since the last drain; False once the files grew too big."""
+        for path, level in ((self.stdout_path, 1), (self.stderr_path, 2)):
+            with open(path, "rb") as f:
+                f.seek(self._offsets[path])
+                data = f.read(MAX_LOG_LINES * MAX_LOG_LINE)
+                self._offsets[path] = f.tell()
+            for line in data.decode("utf-8", "replace").splitlines():
+                if line and len(logs) < MAX_LOG_LINES:
+                    logs.append((level, line[:MAX_LOG_LINE]))
+        return max(self._offsets.values()) < self.MAX_BYTES
+
+    def close(self) -> None:
+        for path in self._offsets:
+            with contextlib.suppress(OSError):
+                os.unlink(path)

@@ -16,7 +16,7 @@ from schemas.errors import (
     Timeout,
 )
 from schemas.manifest import Manifest
-from schemas.messages import DeploymentRecord, LoadedPlugin
+from schemas.messages import MAX_CALL_DEPTH, DeploymentRecord, LoadedPlugin
 
 from . import metrics
 from .executor import Executor
@@ -51,6 +51,9 @@ class HostedVersion:
         self.pool = InstancePool(runtime, limits.pool_size)
         self.max_queue = max_queue
         self._slots = asyncio.Semaphore(limits.pool_size)
+        # Nested calls (a plugin calling itself through other plugins) get instances of
+        # their own, so a chain up to MAX_CALL_DEPTH deep never waits on its own callers.
+        self._nested_slots = asyncio.Semaphore(limits.pool_size * MAX_CALL_DEPTH)
         self.waiting = 0
         self.running = 0
         self.draining = False
@@ -94,7 +97,8 @@ class HostedVersion:
         self._idle_event.clear()
         try:
             try:
-                await asyncio.wait_for(self._slots.acquire(), deadline - time.monotonic())
+                slots = self._nested_slots if meta.depth else self._slots
+                await asyncio.wait_for(slots.acquire(), deadline - time.monotonic())
             except TimeoutError:
                 raise Timeout("deadline passed while waiting for a free instance") from None
             finally:
@@ -103,7 +107,7 @@ class HostedVersion:
                 self._gauges(+1)
                 return await executor.run(self.pool, fn, data, meta)
             finally:
-                self._slots.release()
+                slots.release()
                 self._gauges(-1)
         finally:
             self.running -= 1
