@@ -82,13 +82,17 @@ from schemas.messages import (  # noqa: E402
     JobRequest,
     JobResult,
 )
+from schemas.policy import Caps  # noqa: E402
 from tests.cluster import PLUGINS, Cluster, Proc, built_plugins, manifest_for  # noqa: E402
 from worker.engine import Engines  # noqa: E402
 from worker.guest import RawFunc  # noqa: E402
+from worker.host import CallMeta, Grants, HostEnv  # noqa: E402
 from worker.runtime import (  # noqa: E402
+    CallLimits,
     GuestInstance,
     PluginRuntime,
     WorkerCaps,
+    effective_limits,
     engine_settings_for,
     make_runtime,
 )
@@ -132,7 +136,7 @@ class Config:
     @classmethod
     def make(cls, quick: bool) -> Config:
         if quick:
-            return cls(True, 1, 200, 2.0, 50, 8, 24, 20.0, 1, 10, 2000, 3, 1024 * 1024)
+            return cls(True, 1, 300, 2.0, 50, 8, 24, 20.0, 1, 10, 2000, 3, 1024 * 1024)
         return cls(False, 3, 3000, 10.0, 300, 8, 200, 20.0, 3, 100, 20_000, 7, 1024 * 1024)
 
 
@@ -456,15 +460,29 @@ def big_wasm(min_bytes: int, functions: int = 3000) -> bytes:
         ops += max(1, (min_bytes - len(wasm)) // (functions * 5) + 1)
 
 
+def worker_limits(manifest: Manifest) -> CallLimits:
+    """The limits a worker with default caps and an empty policy gives ``manifest``."""
+    return effective_limits(manifest, WorkerCaps(), Caps())
+
+
+def build_runtime(engines: Engines, manifest: Manifest, module: wasmtime.Module) -> PluginRuntime:
+    """A plugin runtime built the way worker/loader.py builds one (no bus bridge)."""
+    env = HostEnv(manifest.name, manifest.version, Grants(manifest.permissions))
+    return make_runtime(engines, manifest, module, worker_limits(manifest), env)
+
+
+def meta(timeout_s: float) -> CallMeta:
+    return CallMeta(deadline=time.monotonic() + timeout_s)
+
+
 @contextmanager
 def local_runtime(wasm: bytes, name: str, exports: list[str]) -> Iterator[PluginRuntime]:
     """A plugin runtime built the way a worker builds one (no NATS, no cache)."""
     engines = Engines()
     try:
         manifest: Manifest = manifest_for(name, wasm, exports=exports)
-        engine = engines.get(engine_settings_for(manifest))
-        module = wasmtime.Module(engine, wasm)
-        yield make_runtime(engines, manifest, module, WorkerCaps())
+        engine = engines.get(engine_settings_for(worker_limits(manifest)))
+        yield build_runtime(engines, manifest, wasmtime.Module(engine, wasm))
     finally:
         engines.close()
 
@@ -485,11 +503,11 @@ def calibrate_cpu(target_ms: float) -> tuple[int, float]:
         wasm = bytes(wasmtime.wat2wasm(cpu_wat(iterations)))
         with local_runtime(wasm, "cpu", ["spin"]) as runtime:
             inst = runtime.new_instance()
-            inst.call("spin", b"", 30.0)
+            inst.call("spin", b"", meta(30.0))
             times = []
             for _ in range(5):
                 t = time.perf_counter()
-                inst.call("spin", b"", 30.0)
+                inst.call("spin", b"", meta(30.0))
                 times.append(time.perf_counter() - t)
         ms = min(times) * 1000
         if abs(ms - target_ms) / target_ms < 0.1:
@@ -518,7 +536,7 @@ def section_guest(cfg: Config) -> dict[str, Any]:
     engines = Engines()  # for the trivial modules: same settings, so the same Config
     with local_runtime(wasm, "echo", echo_fields()["exports"]) as runtime:
         inst = runtime.new_instance()
-        engine = engines.get(engine_settings_for(runtime.manifest))
+        engine = engines.get(engine_settings_for(worker_limits(runtime.manifest)))
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1 << 40)
         raw_inst = wasmtime.Instance(store, wasmtime.Module(engine, RAW_WAT), [])
@@ -549,9 +567,9 @@ def section_guest(cfg: Config) -> dict[str, Any]:
         alloc, handler, dealloc = funcs["alloc"], funcs["echo"], funcs["dealloc"]
 
         def loop_forge(n: int) -> None:
-            call = inst.call
+            call, m = inst.call, meta(3600.0)
             for _ in range(n):
-                call("echo", data, 5.0)
+                call("echo", data, m)
 
         def loop_abi_floor(n: int) -> None:
             size = len(data)
@@ -591,7 +609,7 @@ def section_guest(cfg: Config) -> dict[str, Any]:
             "func_call_nop": loop_func_nop,
             "func_call_add": loop_func_add,
         }
-        assert inst.call("echo", data, 5.0).output == data
+        assert inst.call("echo", data, meta(5.0)).output == data
         for loop in loops.values():  # warm up
             loop(max(100, cfg.guest_calls // 20))
         samples: dict[str, list[float]] = {k: [] for k in loops}
@@ -996,14 +1014,14 @@ def instance_rss(count: int) -> dict[str, Any]:
     engines = Engines()
     try:
         manifest = manifest_for("echo", wasm, **echo_fields())
-        engine = engines.get(engine_settings_for(manifest))
+        engine = engines.get(engine_settings_for(worker_limits(manifest)))
         serialized = bytes(wasmtime.Module(engine, wasm).serialize())
 
         def plugin() -> tuple[PluginRuntime, GuestInstance]:
             module = wasmtime.Module.deserialize(engine, serialized)
-            runtime = make_runtime(engines, manifest, module, WorkerCaps())
+            runtime = build_runtime(engines, manifest, module)
             inst = runtime.new_instance()
-            inst.call("echo", b"x" * 100, 5.0)
+            inst.call("echo", b"x" * 100, meta(5.0))
             return runtime, inst
 
         runtime, _ = plugin()
@@ -1012,7 +1030,7 @@ def instance_rss(count: int) -> dict[str, Any]:
         instances = []
         for _ in range(count):
             inst = runtime.new_instance()
-            inst.call("echo", b"x" * 100, 5.0)
+            inst.call("echo", b"x" * 100, meta(5.0))
             instances.append(inst)
         gc.collect()
         with_instances = rss_bytes(os.getpid())

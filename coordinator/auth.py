@@ -14,8 +14,8 @@ The roles:
   deployments, policy and packages; read and write plugin KV buckets;
 - ``client`` (an invoking service): invoke, submit jobs, read results, read
   the deployments bucket and job statistics;
-- ``publisher``: the client's rights, plus admin requests and uploads to the
-  packages store.
+- ``publisher``: the client's rights, plus admin requests (deploy, undeploy,
+  list, workers, policy), uploads to the packages store, and plugin logs.
 
 The JetStream API subjects below are the ones nats-py (2.16, against
 nats-server 2.15) sends for the calls each role makes; ``tests/test_auth.py``
@@ -238,6 +238,8 @@ def role_permissions(
                 *_msg_get(_obj_stream(packages)),
                 _obj_all(packages),
                 f"{JS_API}.STREAM.PURGE.{_obj_stream(packages)}",
+                # plugin logs (``forgeone logs``): an ordered consumer on the logs stream
+                *_ordered_consumer(s.logs_stream),
             ]
         ),
         publish_deny=(*control_kv, *stream_admin),

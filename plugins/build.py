@@ -38,20 +38,54 @@ DEFAULT_OUT = PLUGINS_DIR / "build"
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]*\Z")
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?\Z")
-LIMIT_KEYS = {"timeout_ms", "memory_mb", "max_input_bytes", "max_output_bytes", "pool_size"}
-KNOWN_PERMISSIONS = {"log"}
-RESERVED_EXPORTS = {"memory", "alloc", "dealloc", "init", "shutdown"}
+LIMIT_KEYS = {
+    "timeout_ms",
+    "memory_mb",
+    "fuel",
+    "max_input_bytes",
+    "max_output_bytes",
+    "pool_size",
+    "max_stack_kb",
+    "max_table_elements",
+}
+# Permission vocabulary (schemas/policy.py): kinds without and with an argument.
+SIMPLE_PERMISSIONS = {"log", "clock", "random", "config"}
+SCOPED_PERMISSIONS = {"publish", "kv", "call", "fs", "env", "http"}
+RESERVED_EXPORTS = {"memory", "alloc", "dealloc", "init", "shutdown", "_start", "_initialize"}
 
-# Host imports: name -> (params, results)
+# Host imports, module "forge": name -> (params, results). Mirrors
+# schemas/abi.py FORGE_V1_IMPORTS (this script uses only the standard library).
 HOST_IMPORTS: dict[str, tuple[list[str], list[str]]] = {
     "log": (["i32", "i32", "i32"], []),
     "set_error": (["i32", "i32"], []),
+    "reject": (["i32", "i32"], []),
+    "now": ([], ["i64"]),
+    "random": (["i32", "i32"], ["i32"]),
+    "config_get": (["i32", "i32"], ["i64"]),
+    "emit": (["i32", "i32", "i32", "i32"], ["i32"]),
+    "kv_get": (["i32", "i32", "i32", "i32"], ["i64"]),
+    "kv_put": (["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    "call": (["i32", "i32", "i32", "i32", "i32", "i32"], ["i64"]),
 }
+# The permission kind the manifest must request to import a host function
+# (schemas/abi.py IMPORT_PERMISSIONS).
+IMPORT_PERMISSIONS = {
+    "log": "log",
+    "now": "clock",
+    "random": "random",
+    "config_get": "config",
+    "emit": "publish",
+    "kv_get": "kv",
+    "kv_put": "kv",
+    "call": "call",
+}
+WASI_MODULE = "wasi_snapshot_preview1"
 # Optional exports with a fixed type: name -> (params, results)
 OPTIONAL_EXPORTS: dict[str, tuple[list[str], list[str]]] = {
     "dealloc": (["i32", "i32"], []),
     "init": ([], ["i32"]),
     "shutdown": ([], []),
+    "_initialize": ([], []),
 }
 ALLOC_TYPE = (["i32"], ["i32"])
 HANDLER_TYPE = (["i32", "i32"], ["i64"])
@@ -121,6 +155,14 @@ def discover(plugins_dir: Path = PLUGINS_DIR) -> dict[str, Plugin]:
     return plugins
 
 
+def _permission_ok(perm: str) -> bool:
+    """Shallow check against the vocabulary; the deploy path validates fully."""
+    kind, sep, arg = perm.partition(":")
+    if kind in SIMPLE_PERMISSIONS:
+        return not sep
+    return kind in SCOPED_PERMISSIONS and bool(arg) and not any(c.isspace() for c in arg)
+
+
 def load_manifest(plugin: Plugin) -> dict[str, Any]:
     """Read and check a plugin's forge.json (source form: no digest)."""
     where = f"{plugin.name}: {plugin.manifest_path}"
@@ -164,9 +206,9 @@ def load_manifest(plugin: Plugin) -> dict[str, Any]:
         if not (isinstance(perms, list) and all(isinstance(p, str) for p in perms)):
             problems.append("permissions must be a list of strings")
         else:
-            unknown = sorted(set(perms) - KNOWN_PERMISSIONS)
+            unknown = sorted(p for p in perms if not _permission_ok(p))
             if unknown:
-                problems.append(f"unknown permission(s) {', '.join(unknown)}")
+                problems.append(f"unknown or malformed permission(s) {', '.join(unknown)}")
     limits = m.get("limits")
     if "limits" in m:
         if not isinstance(limits, dict):
@@ -282,8 +324,11 @@ def check_module(wasm: bytes, manifest: dict[str, Any], engine: Any = None) -> N
     except Exception as e:
         raise BuildError(f"not a valid forge/1 module (wasm features or validation): {e}") from e
     problems: list[str] = []
+    kinds = {p.partition(":")[0] for p in manifest.get("permissions", [])}
     for imp in module.imports:
         what = f"import {imp.module}.{imp.name}"
+        if imp.module == WASI_MODULE and isinstance(imp.type, wasmtime.FuncType):
+            continue  # WASI preview 1: linked by the host with nothing granted by default
         if imp.module != "forge" or imp.name not in HOST_IMPORTS:
             problems.append(f"{what} is not provided by the host")
         elif not isinstance(imp.type, wasmtime.FuncType):
@@ -292,8 +337,9 @@ def check_module(wasm: bytes, manifest: dict[str, Any], engine: Any = None) -> N
             problems.append(
                 f"{what} has type {_fmt(_sig(imp.type))}, expected {_fmt(HOST_IMPORTS[imp.name])}"
             )
-        elif imp.name == "log" and "log" not in manifest.get("permissions", []):
-            problems.append(f'{what} needs the "log" permission')
+        elif (kind := IMPORT_PERMISSIONS.get(imp.name)) is not None and kind not in kinds:
+            wanted = kind if kind in SIMPLE_PERMISSIONS else f"{kind}:..."
+            problems.append(f'{what} needs a "{wanted}" permission in forge.json')
     exports = {e.name: e.type for e in module.exports}
     mem = exports.get("memory")
     if not isinstance(mem, wasmtime.MemoryType):

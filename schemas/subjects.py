@@ -128,7 +128,8 @@ class Subjects:
         return f"{self.prefix.upper()}_LOGS"
 
     def syscall_logs(self, plugin: str = "*") -> str:
-        return f"{self.prefix}.syscall.{plugin if plugin == '*' else check_token(plugin, 'plugin')}.log"
+        token = plugin if plugin == "*" else check_token(plugin, "plugin")
+        return f"{self.prefix}.syscall.{token}.log"
 
     @property
     def policy_bucket(self) -> str:

@@ -21,6 +21,14 @@
  * the wasm type (i32, i32) -> i64:
  *
  *   FORGE_HANDLER(echo) { return forge_output_copy(input, input_len); }
+ *
+ * Host functions are declared below. Only those a plugin actually calls
+ * become imports of its module, and each one except set_error and reject
+ * needs a permission in forge.json that the operator's policy grants
+ * (docs/abi.md section 3; a call without the grant fails the whole call with
+ * DENIED). Functions that return data (config_get, kv_get, call) put it in a
+ * block the host obtained from this module's own `alloc`; the plugin owns it
+ * and should release it (forge_buf_free) when done.
  */
 #ifndef FORGE_H
 #define FORGE_H
@@ -42,7 +50,8 @@
 /* Export a function from the module under `name` (a string literal). */
 #define FORGE_EXPORT(name) __attribute__((export_name(name), used, visibility("default")))
 
-/* Import a host function `forge.<name>`. forge/1 hosts accept no other module. */
+/* Import a host function `forge.<name>`. (A module may also import WASI
+ * preview 1 functions, module "wasi_snapshot_preview1"; no other module.) */
 #define FORGE_IMPORT(name) __attribute__((import_module("forge"), import_name(name)))
 
 /* Packed handler result: (out_ptr << 32) | out_len. 0 = empty output. */
@@ -68,19 +77,90 @@ enum {
 };
 
 /*
- * forge.log(level: i32, ptr: i32, len: i32) -> ()
- * Emit one UTF-8 log line. Fire-and-forget. Needs the "log" permission in
- * forge.json. An out-of-bounds (ptr, len) traps the call.
+ * Results host functions return when they cannot do what was asked
+ * (schemas/abi.py HOST_*). i32 results are 0 on success; i64 results are a
+ * packed block (see forge_unpack below) on success.
  */
-FORGE_IMPORT("log") void forge_log(int32_t level, const void *ptr, size_t len);
+#define FORGE_HOST_OK 0
+#define FORGE_HOST_NOT_FOUND (-1) /* no such key / config entry / plugin or function */
+#define FORGE_HOST_DENIED (-2)    /* the called plugin refused (call only) */
+#define FORGE_HOST_FAILED (-3)    /* the bus or the called plugin failed */
+#define FORGE_HOST_TIMEOUT (-4)   /* the call's remaining deadline ran out while waiting */
+#define FORGE_HOST_TOO_LARGE (-5) /* over a size cap, or alloc() returned 0 for the result */
 
 /*
- * forge.set_error(ptr: i32, len: i32) -> ()
- * Mark the current call as failed (PLUGIN_ERROR) with this UTF-8 message.
- * The host copies the message immediately; the handler's output is ignored.
- * During init() it gives the reason for a non-zero return.
+ * Every (ptr, len) below is bounds-checked against linear memory; a pair
+ * outside it traps the call (TRAP). The host copies what it reads before
+ * returning, so buffers may be reused at once.
  */
+
+/* forge.log(level: i32, ptr: i32, len: i32) -> ()          needs "log"
+ * One UTF-8 log line (at most 16 KiB kept; at most 256 lines per call).
+ * Levels outside 0..3 are logged as info. */
+FORGE_IMPORT("log") void forge_log(int32_t level, const void *ptr, size_t len);
+
+/* forge.set_error(ptr: i32, len: i32) -> ()                no permission
+ * Fail the current call with PLUGIN_ERROR and this UTF-8 message (at most
+ * 8 KiB kept). The handler's output is ignored. Last message wins. During
+ * init() it gives the reason for a non-zero return. */
 FORGE_IMPORT("set_error") void forge_set_error(const void *ptr, size_t len);
+
+/* forge.reject(ptr: i32, len: i32) -> ()                   no permission
+ * Like set_error, but the call fails with REJECTED: the input is bad for
+ * good and must not be retried (a durable job goes to dead letter at once). */
+FORGE_IMPORT("reject") void forge_reject(const void *ptr, size_t len);
+
+/* forge.now() -> i64                                        needs "clock"
+ * Wall-clock time, nanoseconds since the Unix epoch. */
+FORGE_IMPORT("now") int64_t forge_now(void);
+
+/* forge.random(ptr: i32, len: i32) -> i32                   needs "random"
+ * Fill [ptr, ptr+len) with cryptographically secure random bytes.
+ * 0, or FORGE_HOST_TOO_LARGE when len > 65536. */
+FORGE_IMPORT("random") int32_t forge_random(void *ptr, size_t len);
+
+/* forge.config_get(key_ptr: i32, key_len: i32) -> i64       needs "config"
+ * The deployment's config value for key (UTF-8, at most 256 bytes):
+ * a packed block, 0 for an empty value, FORGE_HOST_NOT_FOUND, or
+ * FORGE_HOST_TOO_LARGE if alloc() returned 0. */
+FORGE_IMPORT("config_get") int64_t forge_config_get(const void *key, size_t key_len);
+
+/* forge.emit(subj_ptr: i32, subj_len: i32, data_ptr: i32, data_len: i32) -> i32
+ *                                          needs "publish:<pattern>" covering subj
+ * Publish data (at most 1 MiB) on the literal NATS subject subj (at most 256
+ * bytes, no wildcards). Fire-and-forget: 0 means handed to the bus, not
+ * delivered. FORGE_HOST_TOO_LARGE, or FORGE_HOST_FAILED without a bus. */
+FORGE_IMPORT("emit")
+int32_t forge_emit(const void *subject, size_t subject_len, const void *data, size_t data_len);
+
+/* forge.kv_get(bucket_ptr, bucket_len, key_ptr, key_len: i32) -> i64
+ *                                                         needs "kv:<bucket>"
+ * The value stored under key: a packed block, 0 for an empty value,
+ * FORGE_HOST_NOT_FOUND, FORGE_HOST_TIMEOUT, FORGE_HOST_FAILED or
+ * FORGE_HOST_TOO_LARGE. Waits at most the call's remaining deadline. */
+FORGE_IMPORT("kv_get")
+int64_t forge_kv_get(const void *bucket, size_t bucket_len, const void *key, size_t key_len);
+
+/* forge.kv_put(bucket_ptr, bucket_len, key_ptr, key_len, val_ptr, val_len: i32) -> i32
+ *                                                         needs "kv:<bucket>"
+ * Store value (at most 1 MiB) under key. 0, FORGE_HOST_TOO_LARGE,
+ * FORGE_HOST_TIMEOUT or FORGE_HOST_FAILED. Waits at most the remaining
+ * deadline. */
+FORGE_IMPORT("kv_put")
+int32_t forge_kv_put(const void *bucket, size_t bucket_len, const void *key, size_t key_len,
+                     const void *value, size_t value_len);
+
+/* forge.call(plugin_ptr, plugin_len, fn_ptr, fn_len, in_ptr, in_len: i32) -> i64
+ *                                                         needs "call:<plugin>"
+ * Call another plugin's function with input (at most 8 MiB). Its output as a
+ * packed block (0 for empty output), or FORGE_HOST_NOT_FOUND (no such plugin,
+ * function, or no worker), FORGE_HOST_DENIED, FORGE_HOST_TIMEOUT,
+ * FORGE_HOST_FAILED (any other failure of the callee or the bus) or
+ * FORGE_HOST_TOO_LARGE. The callee gets the remaining deadline; nesting is
+ * limited (MAX_CALL_DEPTH, docs/abi.md). */
+FORGE_IMPORT("call")
+int64_t forge_call(const void *plugin, size_t plugin_len, const void *fn, size_t fn_len,
+                   const void *input, size_t input_len);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -104,6 +184,12 @@ static inline void forge_log_str(int32_t level, const char *msg) {
 /* Fail the current call with a NUL-terminated message: `return forge_fail("...");` */
 static inline forge_result_t forge_fail(const char *msg) {
     forge_set_error(msg, forge_strlen(msg));
+    return FORGE_EMPTY;
+}
+
+/* Reject the input for good (REJECTED, never retried): `return forge_reject_str("...");` */
+static inline forge_result_t forge_reject_str(const char *msg) {
+    forge_reject(msg, forge_strlen(msg));
     return FORGE_EMPTY;
 }
 
@@ -144,6 +230,85 @@ static inline forge_result_t forge_output_copy(const void *data, size_t len) {
     if (!out) return forge_fail("out of memory");
     forge_memcpy(out, data, len);
     return forge_result(out, len);
+}
+
+/* ---- results of host functions ------------------------------------------ */
+
+/*
+ * An i64 host result is either a HOST_* code (-1..-5; every error is a
+ * negative value >= INT32_MIN) or a block packed as (ptr << 32) | len. Test
+ * with forge_is_error, not `r < 0`: a block at an address >= 2 GiB packs to
+ * a negative i64 too. 0 is an empty result (no block).
+ */
+static inline int forge_is_error(int64_t r) { return r < 0 && r >= -(int64_t)0x80000000; }
+static inline uint8_t *forge_unpack_ptr(int64_t r) {
+    return (uint8_t *)(uintptr_t)(uint32_t)((uint64_t)r >> 32);
+}
+static inline size_t forge_unpack_len(int64_t r) { return (size_t)(uint32_t)(uint64_t)r; }
+
+/* A host result: a block the plugin owns (ptr may be 0 when len is 0), or err < 0. */
+typedef struct {
+    uint8_t *ptr;
+    size_t len;
+    int32_t err; /* FORGE_HOST_OK or a FORGE_HOST_* code */
+} forge_buf_t;
+
+static inline forge_buf_t forge_unpack(int64_t r) {
+    forge_buf_t b = {0, 0, FORGE_HOST_OK};
+    if (forge_is_error(r)) {
+        b.err = (int32_t)r;
+    } else {
+        b.ptr = forge_unpack_ptr(r);
+        b.len = forge_unpack_len(r);
+    }
+    return b;
+}
+
+/* Release a result block obtained from the host (it came from forge_alloc,
+ * via the exported alloc). With FORGE_NO_ALLOC_EXPORTS, free it with your own
+ * allocator instead. */
+static inline void forge_buf_free(forge_buf_t b) {
+    if (b.ptr) forge_free(b.ptr, b.len);
+}
+
+/* Name of a FORGE_HOST_* code, for messages. */
+static inline const char *forge_host_error_name(int32_t code) {
+    switch (code) {
+    case FORGE_HOST_OK: return "OK";
+    case FORGE_HOST_NOT_FOUND: return "NOT_FOUND";
+    case FORGE_HOST_DENIED: return "DENIED";
+    case FORGE_HOST_FAILED: return "FAILED";
+    case FORGE_HOST_TIMEOUT: return "TIMEOUT";
+    case FORGE_HOST_TOO_LARGE: return "TOO_LARGE";
+    default: return "UNKNOWN";
+    }
+}
+
+/* ---- host functions with NUL-terminated names ---------------------------- */
+
+/* Config value for key: .err is FORGE_HOST_NOT_FOUND when it is not set. */
+static inline forge_buf_t forge_config_get_str(const char *key) {
+    return forge_unpack(forge_config_get(key, forge_strlen(key)));
+}
+
+/* Value under bucket/key: .err is FORGE_HOST_NOT_FOUND when there is none. */
+static inline forge_buf_t forge_kv_get_str(const char *bucket, const char *key) {
+    return forge_unpack(forge_kv_get(bucket, forge_strlen(bucket), key, forge_strlen(key)));
+}
+
+static inline int32_t forge_kv_put_str(const char *bucket, const char *key, const void *value,
+                                       size_t value_len) {
+    return forge_kv_put(bucket, forge_strlen(bucket), key, forge_strlen(key), value, value_len);
+}
+
+static inline int32_t forge_emit_str(const char *subject, const void *data, size_t data_len) {
+    return forge_emit(subject, forge_strlen(subject), data, data_len);
+}
+
+static inline forge_buf_t forge_call_str(const char *plugin, const char *fn, const void *input,
+                                         size_t input_len) {
+    return forge_unpack(
+        forge_call(plugin, forge_strlen(plugin), fn, forge_strlen(fn), input, input_len));
 }
 
 #ifdef FORGE_IMPLEMENTATION
