@@ -39,7 +39,7 @@ class Limits(Struct):
     max_input_bytes: int = field_spec(default=MIB, ge=0, le=64 * MIB, doc="Input size cap.")
     max_output_bytes: int = field_spec(default=MIB, ge=0, le=64 * MIB, doc="Output size cap.")
     pool_size: int = field_spec(default=4, ge=1, le=256, doc="Most warm instances kept.")
-    max_stack_kb: int = field_spec(default=512, ge=16, le=8192, doc="Wasm stack size.")
+    max_stack_kb: int = field_spec(default=512, ge=16, le=2048, doc="Wasm stack size.")
     max_table_elements: int = field_spec(default=10_000, ge=0, le=1_000_000, doc="Table cap.")
 
 

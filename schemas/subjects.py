@@ -12,6 +12,10 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: The queue group every worker joins for a plugin's fast calls.
 INVOKE_QUEUE = "forge-workers"
+#: The JetStream priority group of ordered triggers' consumers (one pinned worker at a time).
+TRIGGER_PIN_GROUP = "forge"
+#: JetStream API prefix (the server's default domain).
+JS_API_PREFIX = "$JS.API"
 
 
 def check_token(value: str, what: str) -> str:
@@ -113,6 +117,37 @@ class Subjects:
         """The durable pull consumer every worker hosting ``plugin`` shares."""
         return f"{self.prefix}-jobs-{check_token(plugin, 'plugin')}"
 
+    # --- triggers -------------------------------------------------------------
+    @property
+    def triggers_bucket(self) -> str:
+        """One key per trigger (its definition); workers hosting the target watch it."""
+        return f"{self.prefix}_triggers"
+
+    def trigger_consumer(self, name: str) -> str:
+        """The durable pull consumer of a stream trigger (on the user's stream)."""
+        return f"{self.prefix}-trigger-{check_token(name, 'trigger')}"
+
+    def trigger_queue(self, name: str) -> str:
+        """The queue group the workers hosting a subject trigger's plugin share."""
+        return f"{self.prefix}-trigger-{check_token(name, 'trigger')}"
+
+    def trigger_stats(self, worker_id: str) -> str:
+        return f"{self.prefix}.triggers.stats.{check_token(worker_id, 'worker id')}"
+
+    def trigger_stats_all(self) -> str:
+        return f"{self.prefix}.triggers.stats.*"
+
+    def trigger_dead_letter(self, name: str) -> str:
+        """A trigger's dead-letter subject when it names none."""
+        return f"{self.prefix}.triggers.dlq.{check_token(name, 'trigger')}"
+
+    def trigger_dead_letter_all(self) -> str:
+        return f"{self.prefix}.triggers.dlq.>"
+
+    @property
+    def trigger_dead_letter_stream(self) -> str:
+        return f"{self.prefix.upper()}_TRIGGERS_DLQ"
+
     # --- JetStream names ------------------------------------------------------
     @property
     def deployments_bucket(self) -> str:
@@ -138,3 +173,13 @@ class Subjects:
     @property
     def packages_bucket(self) -> str:
         return f"{self.prefix}_packages"
+
+
+def js_consumer_create(stream: str, consumer: str) -> str:
+    """JetStream API subject that creates (or updates) a named consumer on ``stream``."""
+    return f"{JS_API_PREFIX}.CONSUMER.CREATE.{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"
+
+
+def js_pull_next(stream: str, consumer: str) -> str:
+    """JetStream API subject a pull request for ``consumer`` is published on."""
+    return f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"

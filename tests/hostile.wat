@@ -12,6 +12,8 @@
   (import "forge" "random" (func $random (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_open"
     (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write"
     (func $fd_write (param i32 i32 i32 i32) (result i32)))
 
@@ -112,6 +114,13 @@
       (call $path_open (i32.const 3) (i32.const 0) (i32.const 160) (i32.const 10)
                        (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 324)))
     (call $out (i32.const 320) (i32.const 4)))
+  (func (export "wasi_sleep") (param $p i32) (param $n i32) (result i64)
+    ;; a 10 s clock subscription at 512 (only the errno matters: sleeping is not offered)
+    (i64.store (i32.const 520) (i64.const 0))
+    (i64.store (i32.const 528) (i64.const 10000000000))
+    (i32.store (i32.const 600) (call $poll_oneoff (i32.const 512) (i32.const 700) (i32.const 1)
+                                                 (i32.const 800)))
+    (call $out (i32.const 600) (i32.const 4)))
   (func (export "wasi_print") (param $p i32) (param $n i32) (result i64)
     ;; one iovec at 400: {ptr 176, len 18}; bytes written at 408
     (i32.store (i32.const 400) (i32.const 176))

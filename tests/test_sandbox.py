@@ -36,6 +36,7 @@ HOSTILE_FNS = [
     "reject_it",
     "wasi_open",
     "wasi_print",
+    "wasi_sleep",
 ]
 HOSTILE_PERMS = [
     "log",
@@ -116,6 +117,9 @@ async def test_deploy_needs_every_grant_then_host_functions_work(cluster: Cluste
         errno = int.from_bytes(await client.invoke("hostile", "wasi_open"), "little")
         assert errno != 0, "opening a file with no fs grant must fail"
         assert await client.invoke("hostile", "wasi_print") == b""
+        started = time.monotonic()  # host-side sleeps would escape the deadline: not offered
+        assert int.from_bytes(await client.invoke("hostile", "wasi_sleep"), "little") == 52
+        assert time.monotonic() - started < 1
 
         async def printed() -> bool:
             lines = [

@@ -15,7 +15,7 @@ import time
 
 import wasmtime
 
-from schemas.abi import FORGE_V1_IMPORTS, HOST_MODULE, WASI_MODULE
+from schemas.abi import BUS_IMPORTS, FORGE_V1_IMPORTS, HOST_MODULE, WASI_MODULE
 from schemas.errors import (
     ForgeError,
     OutOfMemory,
@@ -29,13 +29,20 @@ from schemas.manifest import Manifest
 
 from . import host
 from .engine import Engines
-from .guest import GuestMemory, GuestTrap, RawFunc
+from .guest import GuestMemory, GuestTrap, RawFunc, set_epoch_deadline
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
 
 WASM_PAGE = 65536
 #: Deadline for instantiation (start function) plus ``init``, and for ``shutdown``.
 LIFECYCLE_TIMEOUT_S = 5.0
+
+
+WASI_ENOSYS = 52
+
+
+def _wasi_nosys(*_args: int) -> int:
+    return WASI_ENOSYS
 
 
 def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasmtime.FuncType:
@@ -68,14 +75,35 @@ class ForgeV1Runtime:
                 HOST_MODULE, name, _functype(sig.params, sig.results), host.HOST_FUNCS[name]
             )
         self.uses_wasi = any(i.module == WASI_MODULE for i in module.imports)
+        self.replayable = not self.uses_wasi and not any(
+            i.module == HOST_MODULE and i.name in BUS_IMPORTS for i in module.imports
+        )
         if self.uses_wasi:
             linker.define_wasi()
+            self._restrict_wasi(linker)
         self.pre = linker.instantiate_pre(module)
         exported = {e.name for e in module.exports}
         self.has_initialize = "_initialize" in exported
         self.has_dealloc = "dealloc" in exported
         self.has_init = "init" in exported
         self.has_shutdown = "shutdown" in exported
+
+    def _restrict_wasi(self, linker: wasmtime.Linker) -> None:
+        """Take away WASI calls that would escape a grant or the deadline.
+
+        ``poll_oneoff`` sleeps in the host, where epoch interruption cannot stop it; clocks
+        and randomness need the same grants as forge.now and forge.random.
+        """
+        linker.allow_shadowing = True
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        stubs = {"poll_oneoff": [i32, i32, i32, i32], "sched_yield": []}
+        if not any(p.startswith("clock") for p in self.manifest.permissions):
+            stubs.update(clock_time_get=[i32, i64, i32], clock_res_get=[i32, i32])
+        if "random" not in self.manifest.permissions:
+            stubs["random_get"] = [i32, i32]
+        for name, params in stubs.items():
+            linker.define_func(WASI_MODULE, name, wasmtime.FuncType(params, [i32]), _wasi_nosys)
+        linker.allow_shadowing = False
 
     def new_instance(self) -> ForgeV1Instance:
         return ForgeV1Instance(self)
@@ -166,7 +194,7 @@ class ForgeV1Instance:
 
     # --- one call ---------------------------------------------------------------
     def _arm(self, timeout_s: float) -> None:
-        self.store.set_epoch_deadline(self.rt.engines.ticks_for(timeout_s))
+        set_epoch_deadline(self.store, self.rt.engines.ticks_for(timeout_s))
         if self._fuel is not None:
             self.store.set_fuel(self._fuel)
 
@@ -178,12 +206,12 @@ class ForgeV1Instance:
         host.enter(st)
         started = time.perf_counter_ns()
         try:
-            in_ptr = (self._alloc(len(data)) or 0) & 0xFFFFFFFF
+            in_ptr = self._alloc.call_i_i(len(data)) & 0xFFFFFFFF
             if data:
                 if in_ptr == 0:
                     raise OutOfMemory(f"alloc({len(data)}) returned 0")
                 self.memory.write(in_ptr, data, "input block from alloc")
-            packed = (handler(in_ptr, len(data)) or 0) & 0xFFFFFFFFFFFFFFFF
+            packed = handler.call_ii_l(in_ptr, len(data)) & 0xFFFFFFFFFFFFFFFF
             out_ptr, out_len = packed >> 32, packed & 0xFFFFFFFF
             output = b""
             error: ForgeError | None = None
@@ -269,7 +297,10 @@ class ForgeV1Instance:
 
     def _drain_wasi(self, st: CallState) -> None:
         """WASI output of the call becomes its log lines; too much output retires the instance."""
-        if self._wasi_out is not None and not self._wasi_out.drain(st.logs):
+        if self._wasi_out is None:
+            return
+        sink: list[tuple[int, str]] = st.logs if self.rt.env.grants.granted("log") else []
+        if not self._wasi_out.drain(sink):
             self.broken = True
 
 

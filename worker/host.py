@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import wasmtime
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
@@ -32,7 +33,7 @@ from schemas.abi import (
     HOST_TOO_LARGE,
 )
 from schemas.codec import decode, encode
-from schemas.errors import Denied, ForgeError, Trap
+from schemas.errors import Denied, ForgeError, Timeout, Trap
 from schemas.messages import (
     HEADER_DEPTH,
     HEADER_TIMEOUT_MS,
@@ -44,7 +45,7 @@ from schemas.messages import (
 from schemas.policy import Permission, covers, parse_permission, subject_matches
 from schemas.subjects import TOKEN_RE, Subjects
 
-from .guest import GuestMemory, RawFunc
+from .guest import GuestMemory, GuestTrap, RawFunc
 from .slots import released
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ MAX_LOG_LINE = 16 * 1024
 MAX_ERROR = 8192
 MAX_SUBJECT = 256
 MAX_EMIT = 1024 * 1024
+MAX_EMIT_PER_CALL = 8 * 1024 * 1024
 MAX_KV_VALUE = 1024 * 1024
 MAX_KEY = 256
 MAX_CALL_IO = 8 * 1024 * 1024
@@ -88,8 +90,12 @@ class HostBridge:
         self.nc = nc
         self.subjects = subjects
         self._buckets: dict[str, KeyValue] = {}
+        self._loop_thread = threading.get_ident()  # built on the loop's thread
 
     def _wait(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        if threading.get_ident() == self._loop_thread:
+            coro.close()  # waiting here would block the very loop the answer needs
+            raise RuntimeError("a bus host call cannot wait on the event loop thread")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         with released():  # waiting on the bus is not CPU work
             try:
@@ -144,7 +150,7 @@ class HostBridge:
                 timeout=timeout_s,
                 headers=headers,
             ),
-            timeout_s + 0.05,
+            timeout_s,
         )
         return decode(CallResult, msg.data)
 
@@ -168,12 +174,16 @@ class CallMeta:
     """time.monotonic() value; 0 means none (lifecycle hooks use their own)."""
     depth: int = 0
     traceparent: str | None = None
+    event_subject: str | None = None
+    """The subject of the event a trigger is handling (None outside triggers)."""
+    event_headers: dict[str, str] | None = None
+    """That event's headers."""
 
 
 class CallState:
     """Everything host functions may touch during one guest call."""
 
-    __slots__ = ("alloc", "env", "error", "fault", "logs", "memory", "meta", "rejected")
+    __slots__ = ("alloc", "emitted", "env", "error", "fault", "logs", "memory", "meta", "rejected")
 
     def __init__(
         self, env: HostEnv, memory: GuestMemory | None, alloc: RawFunc | None, meta: CallMeta
@@ -186,6 +196,8 @@ class CallState:
         self.rejected = False
         self.fault: ForgeError | None = None
         self.logs: list[tuple[int, str]] = []
+        self.emitted = 0
+        """Bytes emitted so far in this call (capped: emit is fire-and-forget, not free)."""
 
 
 _current = threading.local()
@@ -236,7 +248,15 @@ def _give(st: CallState, data: bytes, what: str) -> int:
         return 0
     if st.alloc is None or st.memory is None:
         raise _fail(st, Trap(f"{what}: guest has no allocator yet"))
-    ptr = (st.alloc(len(data)) or 0) & 0xFFFFFFFF
+    try:
+        ptr = st.alloc.call_i_i(len(data)) & 0xFFFFFFFF
+    except GuestTrap as e:  # the deadline (or a fault) struck inside the guest's alloc
+        cause: ForgeError = (
+            Timeout("deadline reached in the guest's alloc")
+            if (e.code == wasmtime.TrapCode.INTERRUPT)
+            else Trap(f"{what}: alloc trapped: {e}")
+        )
+        raise _fail(st, cause) from None
     if ptr == 0:
         return HOST_TOO_LARGE
     try:
@@ -306,13 +326,15 @@ def host_emit(sp: int, sl: int, dp: int, dl: int) -> int:
     st = _state()
     subject = _text(st, sp, sl, "forge.emit subject", MAX_SUBJECT)
     tokens = subject.split(".")
-    if not subject or any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
+    if not subject or any(
+        not t or t in ("*", ">") or not t.isprintable() or " " in t for t in tokens
+    ):
         raise _fail(st, Trap(f"forge.emit: {subject[:64]!r} is not a literal subject"))
     if not st.env.grants.may_publish(subject):
         raise _fail(
             st, Denied(f"{st.env.plugin}: emit to {subject!r} needs a 'publish:' grant covering it")
         )
-    if dl & 0xFFFFFFFF > MAX_EMIT:
+    if dl & 0xFFFFFFFF > MAX_EMIT or st.emitted + (dl & 0xFFFFFFFF) > MAX_EMIT_PER_CALL:
         return HOST_TOO_LARGE
     data = _read(st, dp, dl, "forge.emit data")
     bridge = st.env.bridge
@@ -321,6 +343,7 @@ def host_emit(sp: int, sl: int, dp: int, dl: int) -> int:
     headers = {"Forge-Plugin": st.env.plugin, "Forge-Version": st.env.version}
     if st.meta.traceparent:
         headers[HEADER_TRACEPARENT] = st.meta.traceparent
+    st.emitted += len(data) + len(subject)
     bridge.publish(subject, data, headers)
     return 0
 
@@ -413,6 +436,25 @@ def host_call(pp: int, pl: int, fp: int, fl: int, ip: int, il: int) -> int:
     return _give(st, result.output, "forge.call")
 
 
+def host_event_subject() -> int:
+    """The subject of the event being handled (a trigger), as a block from ``alloc``."""
+    st = _state()
+    if st.meta.event_subject is None:
+        return HOST_NOT_FOUND
+    return _give(st, st.meta.event_subject.encode(), "forge.event_subject")
+
+
+def host_event_header(ptr: int, length: int) -> int:
+    """One header of the event being handled, as a block from ``alloc``."""
+    st = _state()
+    name = _text(st, ptr, length, "forge.event_header name", MAX_KEY)
+    headers = st.meta.event_headers
+    value = None if headers is None else headers.get(name)
+    if value is None:
+        return HOST_NOT_FOUND
+    return _give(st, value.encode(), "forge.event_header")
+
+
 HOST_FUNCS: dict[str, Callable[..., Any]] = {
     "log": host_log,
     "set_error": host_set_error,
@@ -424,6 +466,8 @@ HOST_FUNCS: dict[str, Callable[..., Any]] = {
     "kv_get": host_kv_get,
     "kv_put": host_kv_put,
     "call": host_call,
+    "event_subject": host_event_subject,
+    "event_header": host_event_header,
 }
 
 
@@ -460,3 +504,46 @@ class WasiOutput:
         for path in self._offsets:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+# --- WASI preview 1, shared by the ABI adapters ------------------------------------------
+WASI_ENOSYS = 52
+
+
+def _wasi_nosys(*_args: int) -> int:
+    return WASI_ENOSYS
+
+
+def restrict_wasi(linker: wasmtime.Linker, permissions: list[str]) -> None:
+    """Replace WASI calls that would escape a grant or the deadline with ENOSYS stubs.
+
+    ``poll_oneoff`` sleeps in the host, where epoch interruption cannot stop it; clocks
+    and randomness need the same grants as forge.now and forge.random. Call it right
+    after ``linker.define_wasi()``.
+    """
+    linker.allow_shadowing(True)
+    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+    stubs = {"poll_oneoff": [i32, i32, i32, i32], "sched_yield": []}
+    if not any(p.startswith("clock") for p in permissions):
+        stubs.update(clock_time_get=[i32, i64, i32], clock_res_get=[i32, i32])
+    if "random" not in permissions:
+        stubs["random_get"] = [i32, i32]
+    for name, params in stubs.items():
+        linker.define_func(
+            "wasi_snapshot_preview1", name, wasmtime.FuncType(params, [i32]), _wasi_nosys
+        )
+    linker.allow_shadowing(False)
+
+
+def wasi_config(grants: Grants, output: WasiOutput) -> wasmtime.WasiConfig:
+    """WASI with nothing granted but output: no args, no env, no preopens unless granted."""
+    cfg = wasmtime.WasiConfig()
+    cfg.stdout_file = output.stdout_path
+    cfg.stderr_file = output.stderr_path
+    env = [(p.arg, os.environ[p.arg]) for p in grants.granted("env") if p.arg in os.environ]
+    if env:
+        cfg.env = env
+    for p in grants.granted("fs"):
+        if os.path.isdir(p.arg):
+            cfg.preopen_dir(p.arg, p.arg, fs_mutable=not p.read_only)
+    return cfg

@@ -21,6 +21,7 @@ from schemas.messages import MAX_CALL_DEPTH, DeploymentRecord, LoadedPlugin
 from . import metrics
 from .executor import Executor
 from .host import CallMeta, HostEnv
+from .inline import INLINE_BUDGET_S, InlinePolicy
 from .pool import InstancePool, Outcome
 from .runtime import CallLimits, PluginRuntime
 
@@ -51,6 +52,9 @@ class HostedVersion:
         self.pool = InstancePool(runtime, limits.pool_size)
         self.max_queue = max_queue
         self._slots = asyncio.Semaphore(limits.pool_size)
+        self.inline = InlinePolicy(runtime.replayable)
+        self._busy_gauge = metrics.POOL_INSTANCES.labels(plugin, version, "busy")
+        self._idle_gauge = metrics.POOL_INSTANCES.labels(plugin, version, "idle")
         # Nested calls (a plugin calling itself through other plugins) get instances of
         # their own, so a chain up to MAX_CALL_DEPTH deep never waits on its own callers.
         self._nested_slots = asyncio.Semaphore(limits.pool_size * MAX_CALL_DEPTH)
@@ -98,14 +102,24 @@ class HostedVersion:
         try:
             try:
                 slots = self._nested_slots if meta.depth else self._slots
-                await asyncio.wait_for(slots.acquire(), deadline - time.monotonic())
+                if slots.locked():  # wait (bounded by the deadline) only when we must
+                    await asyncio.wait_for(slots.acquire(), deadline - time.monotonic())
+                else:
+                    await slots.acquire()  # free: returns without suspending
             except TimeoutError:
                 raise Timeout("deadline passed while waiting for a free instance") from None
             finally:
                 self.waiting -= 1
             try:
                 self._gauges(+1)
-                return await executor.run(self.pool, fn, data, meta)
+                if self.inline.eligible(fn):
+                    out = self._call_inline(fn, data, meta)
+                    if out is not None:
+                        return out
+                out = await executor.run(self.pool, fn, data, meta)
+                if out.invocation is not None:
+                    self.inline.record(fn, out.invocation.duration_us)
+                return out
             finally:
                 slots.release()
                 self._gauges(-1)
@@ -114,9 +128,27 @@ class HostedVersion:
             if self.running == 0:
                 self._idle_event.set()
 
+    def _call_inline(self, fn: str, data: bytes, meta: CallMeta) -> Outcome | None:
+        """Run on the event loop thread within a small budget; None if it overran."""
+        budget = CallMeta(
+            min(meta.deadline, time.monotonic() + INLINE_BUDGET_S), meta.depth, meta.traceparent
+        )
+        out = self.pool.run(fn, data, budget)
+        if (
+            isinstance(out.error, Timeout)
+            and budget.deadline < meta.deadline
+            and time.monotonic() < meta.deadline
+        ):
+            self.inline.overran(fn)
+            return None  # the aborted attempt had no side effects: run it again on a thread
+        if out.invocation is not None:
+            self.inline.record(fn, out.invocation.duration_us)
+        out.inline = True
+        return out
+
     def _gauges(self, delta: int) -> None:
-        metrics.POOL_INSTANCES.labels(self.plugin, self.version, "busy").inc(delta)
-        metrics.POOL_INSTANCES.labels(self.plugin, self.version, "idle").set(self.pool.idle)
+        self._busy_gauge.inc(delta)
+        self._idle_gauge.set(self.pool.idle)
 
     async def drain(self, executor: Executor, timeout_s: float) -> None:
         """Take no new calls, let in-flight ones finish (bounded), then close the pool."""

@@ -61,6 +61,8 @@ class InvokeServer:
         self.caps = caps
         self._subs: dict[str, Subscription] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inline_subjects: dict[str, bool] = {}
+        self._metric_series: dict[tuple[str, str], metrics.CallSeries] = {}
         self.calls_total = 0
         self.errors_total = 0
 
@@ -88,7 +90,19 @@ class InvokeServer:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
 
+    def _series(self, plugin: str, fn: str) -> metrics.CallSeries:
+        key = (plugin, fn)
+        series = self._metric_series.get(key)
+        if series is None:
+            series = self._metric_series[key] = metrics.CallSeries(plugin, fn)
+        return series
+
     async def _on_msg(self, msg: Msg) -> None:
+        # A subject whose last call ran inline is served right here: no task, no hand-off
+        # (the call does not suspend). Anything else gets a task so calls overlap.
+        if self._inline_subjects.get(msg.subject):
+            await self._serve(msg)
+            return
         task = asyncio.create_task(self._serve(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -117,8 +131,9 @@ class InvokeServer:
             self.errors_total += 1
             if result.error and result.error.code.value == "BAD_REQUEST":
                 metrics.BAD_MESSAGES.labels("invoke").inc()
-        metrics.CALLS.labels(plugin, fn, version, outcome).inc()
-        metrics.CALL_SECONDS.labels(plugin, fn).observe(time.perf_counter() - started)
+        series = self._series(plugin, fn)
+        series.calls(version, outcome).inc()
+        series.seconds.observe(time.perf_counter() - started)
         if msg.reply:
             try:
                 await msg.respond(encode(result))
@@ -148,6 +163,7 @@ class InvokeServer:
         if meta.depth > MAX_CALL_DEPTH:
             raise Denied(f"call nesting deeper than {MAX_CALL_DEPTH}")
         out = await hv.call(self.executor, fn, req.input, meta)
+        self._inline_subjects[msg.subject] = out.inline
         if out.created_instance:
             metrics.INSTANCES_CREATED.labels(plugin, hv.version).inc()
         if out.discarded:
@@ -158,7 +174,7 @@ class InvokeServer:
             ), out.logs
         inv = out.invocation
         assert inv is not None
-        metrics.GUEST_SECONDS.labels(plugin, fn).observe(inv.duration_us / 1e6)
+        self._series(plugin, fn).guest.observe(inv.duration_us / 1e6)
         return CallResult(
             ok=True,
             output=inv.output,

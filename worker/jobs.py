@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
@@ -26,7 +25,6 @@ from schemas.codec import DecodeError, decode, encode
 from schemas.errors import (
     BadRequest,
     DeadlineExceeded,
-    ErrorCode,
     ForgeError,
     InternalError,
     PluginNotFound,
@@ -45,21 +43,11 @@ from schemas.subjects import TOKEN_RE, Subjects
 from . import metrics
 from .executor import Executor
 from .hosted import HostedPlugin
+from .pulling import PERMANENT, bind_pull, fetch_some, keep_alive, retry_delay
 from .runtime import WorkerCaps
 
 log = logging.getLogger("forge.worker.jobs")
 
-#: Errors no retry can fix: the job goes to dead letter at once.
-PERMANENT = frozenset(
-    {
-        ErrorCode.BAD_REQUEST,
-        ErrorCode.FUNCTION_NOT_FOUND,
-        ErrorCode.INPUT_TOO_LARGE,
-        ErrorCode.DEADLINE_EXCEEDED,
-        ErrorCode.DENIED,
-        ErrorCode.REJECTED,
-    }
-)
 #: How long one fetch waits for jobs before checking capacity again.
 FETCH_WAIT_S = 2.0
 MAX_BATCH = 64
@@ -122,24 +110,13 @@ class JobRunner:
         hp = self.hosted.get(plugin)
         return 0 if hp is None else hp.capacity() - self._inflight[plugin]
 
-    async def _bind(self, plugin: str) -> tuple[JetStreamContext.PullSubscription, int, float]:
-        delay = 0.2
-        while True:
-            try:
-                psub = await self.js.pull_subscribe_bind(
-                    durable=self.subjects.jobs_consumer(plugin), stream=self.subjects.jobs_stream
-                )
-                info = await psub.consumer_info()
-                return psub, int(info.config.max_deliver or 1), float(info.config.ack_wait or 30)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # consumer not there yet, or the bus is down
-                log.warning("event=jobs_bind_retry plugin=%s error=%r", plugin, e)
-                await asyncio.sleep(delay)  # back off before binding again
-                delay = min(delay * 2, 5.0)
-
     async def _loop(self, plugin: str) -> None:
-        psub, max_deliver, ack_wait = await self._bind(plugin)
+        psub, max_deliver, ack_wait = await bind_pull(
+            self.js,
+            self.subjects.jobs_stream,
+            self.subjects.jobs_consumer(plugin),
+            f"jobs:{plugin}",
+        )
         freed = self._freed[plugin]
         try:
             while True:
@@ -149,16 +126,7 @@ class JobRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(freed.wait(), FETCH_WAIT_S)
                     continue
-                try:
-                    msgs = await psub.fetch(batch=min(free, MAX_BATCH), timeout=FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
-                    continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # disconnected or server restarting: try again shortly
-                    log.warning("event=jobs_fetch_failed plugin=%s error=%r", plugin, e)
-                    await asyncio.sleep(0.5)  # back off while the connection recovers
-                    continue
+                msgs = await fetch_some(psub, min(free, MAX_BATCH), FETCH_WAIT_S, f"jobs:{plugin}")
                 metrics.JOBS_FETCHED.labels(plugin).inc(len(msgs))
                 for msg in msgs:
                     self._inflight[plugin] += 1
@@ -171,7 +139,7 @@ class JobRunner:
 
     # --- one job -------------------------------------------------------------------
     async def _run(self, plugin: str, msg: Msg, max_deliver: int, ack_wait: float) -> None:
-        keepalive = asyncio.create_task(self._keep_alive(msg, ack_wait))
+        keepalive = asyncio.create_task(keep_alive(msg, ack_wait))
         try:
             await self._handle(plugin, msg, max_deliver)
         except Exception:
@@ -182,13 +150,6 @@ class JobRunner:
             keepalive.cancel()
             self._inflight[plugin] -= 1
             self._freed[plugin].set()
-
-    async def _keep_alive(self, msg: Msg, ack_wait: float) -> None:
-        """Tell JetStream the job is still being worked on, so it is not redelivered."""
-        while True:
-            await asyncio.sleep(max(0.5, ack_wait / 3))  # well inside the ack wait
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _handle(self, plugin: str, msg: Msg, max_deliver: int) -> None:
         attempt = msg.metadata.num_delivered
@@ -214,8 +175,7 @@ class JobRunner:
             await self._store(job, result, attempt)
             await msg.ack()
         else:
-            delay = self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
-            await msg.nak(delay=delay)
+            await msg.nak(delay=retry_delay(self.backoff_s, attempt))
         metrics.JOBS_DONE.labels(plugin, "ok" if result.ok else (code or "error")).inc()
 
     async def _execute(

@@ -33,6 +33,7 @@ from .policy import PolicyView
 from .settings import WorkerSettings, parse_args
 from .status_http import serve_status
 from .syscalls import SyscallBus
+from .triggers import TriggerRunner
 
 log = logging.getLogger("forge.worker")
 
@@ -69,6 +70,16 @@ async def connect(settings: WorkerSettings, name: str) -> Client:
     async def on_reconnect() -> None:
         log.info("event=nats_reconnected")
 
+    async def on_closed() -> None:
+        # nats-py closes for good (no reconnects) when the server drops a connection for
+        # its credentials, e.g. after they were rotated; a worker without NATS only looks
+        # alive, so stop it the ordinary way and let the supervisor restart it.
+        if not connecting and nc.last_error is not None and refused(nc.last_error):
+            log.error(
+                "event=nats_auth_refused error=%r: credentials revoked; stopping", nc.last_error
+            )
+            signal.raise_signal(signal.SIGTERM)
+
     options: dict[str, Any] = {
         "servers": settings.nats_url.split(","),
         "name": name,
@@ -77,6 +88,7 @@ async def connect(settings: WorkerSettings, name: str) -> Client:
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
+        "closed_cb": on_closed,
         "connect_timeout": 5,
         "allow_reconnect": True,
         **auth,
@@ -151,7 +163,10 @@ async def run(settings: WorkerSettings) -> int:
     jobs = JobRunner(
         nc, subjects, hosted, executor, settings.worker_id, settings.caps, settings.job_backoff_s
     )
-    watcher = DeploymentWatcher(kv, loader, hosted, [server, jobs], executor, policy)
+    triggers = TriggerRunner(
+        nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.heartbeat_s
+    )
+    watcher = DeploymentWatcher(kv, loader, hosted, [server, jobs, triggers], executor, policy)
     beats = Heartbeats(
         nc,
         subjects,
@@ -187,10 +202,15 @@ async def run(settings: WorkerSettings) -> int:
     tasks = [asyncio.create_task(policy.run())]
     await policy.synced.wait()  # know the grants before loading anything
     tasks += [asyncio.create_task(watcher.run()), asyncio.create_task(beats.run())]
+    tasks.append(asyncio.create_task(triggers.run()))
     await stop.wait()
 
     log.info("event=worker_stopping id=%s", settings.worker_id)
-    await asyncio.gather(server.stop_all(STOP_GRACE_S), jobs.stop_all(STOP_GRACE_S))
+    await asyncio.gather(
+        server.stop_all(STOP_GRACE_S),
+        jobs.stop_all(STOP_GRACE_S),
+        triggers.stop_all(STOP_GRACE_S),
+    )
     for t in tasks:
         t.cancel()
     await beats.send(stopping=True)

@@ -137,3 +137,21 @@ JOBS_RESULT_DUPLICATES = Counter(
     ["plugin"],
     registry=REGISTRY,
 )
+
+
+class CallSeries:
+    """The call metrics of one plugin function, with label lookups done once."""
+
+    def __init__(self, plugin: str, fn: str) -> None:
+        self.plugin = plugin
+        self.fn = fn
+        self.seconds = CALL_SECONDS.labels(plugin, fn)
+        self.guest = GUEST_SECONDS.labels(plugin, fn)
+        self._calls: dict[tuple[str, str], Counter] = {}
+
+    def calls(self, version: str, outcome: str) -> Counter:
+        key = (version, outcome)
+        child = self._calls.get(key)
+        if child is None:
+            child = self._calls[key] = CALLS.labels(self.plugin, self.fn, version, outcome)
+        return child

@@ -30,6 +30,8 @@ class Outcome:
     created_instance: bool = False
     discarded: bool = False
     """The instance broke (trap or limit) and was thrown away."""
+    inline: bool = False
+    """It ran on the event loop thread (see worker/inline.py)."""
 
 
 class InstancePool:

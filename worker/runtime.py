@@ -11,7 +11,7 @@ from typing import Protocol
 
 import wasmtime
 
-from schemas.manifest import ABI_FORGE_V1, Manifest
+from schemas.manifest import ABI_EXTISM_V1, ABI_FORGE_V1, Manifest
 from schemas.policy import Caps
 
 from .engine import Engines, EngineSettings
@@ -48,6 +48,9 @@ class GuestInstance(Protocol):
 
 class PluginRuntime(Protocol):
     manifest: Manifest
+    replayable: bool
+    """True when a call has no effects outside its instance (no emit, kv_put, call or
+    WASI), so an aborted attempt may safely be run again."""
 
     def new_instance(self) -> GuestInstance:
         """Instantiate and initialise a fresh instance; raise a ForgeError if that fails."""
@@ -112,4 +115,8 @@ def make_runtime(
         from .abi_forge import ForgeV1Runtime
 
         return ForgeV1Runtime(engines, manifest, module, limits, env)
+    if manifest.abi == ABI_EXTISM_V1:
+        from .abi_extism import ExtismRuntime
+
+        return ExtismRuntime(engines, manifest, module, limits, env)
     raise ValueError(f"ABI {manifest.abi!r} is not supported by this worker")
