@@ -200,6 +200,35 @@ def _check(tp: Any, value: Any, path: str, meta: Mapping[str, Any], depth: int) 
     raise _fail(path, f"unsupported type {tp!r}")  # pragma: no cover - schema bug
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    tp: Any
+    meta: Mapping[str, Any]
+    required: bool
+
+
+_SPECS: dict[type, tuple[_FieldSpec, ...]] = {}
+
+
+def _specs(cls: type) -> tuple[_FieldSpec, ...]:
+    """Each field's name, resolved type, bounds and whether it is required; cached."""
+    specs = _SPECS.get(cls)
+    if specs is None:
+        h = hints(cls)
+        specs = tuple(
+            _FieldSpec(
+                f.name,
+                h[f.name],
+                f.metadata,
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        )
+        _SPECS[cls] = specs
+    return specs
+
+
 def _from_obj(cls: type[S], obj: Any, path: str, depth: int) -> S:
     if not isinstance(obj, dict):
         raise _fail(path or cls.__name__, f"expected map, got {type(obj).__name__}")
@@ -208,12 +237,12 @@ def _from_obj(cls: type[S], obj: Any, path: str, depth: int) -> S:
             f"{path}.kind" if path else "kind", f"expected {cls.KIND!r}, got {obj.get('kind')!r}"
         )
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        fpath = f"{path}.{f.name}" if path else f.name
+    for f in _specs(cls):
         if f.name in obj:
-            kwargs[f.name] = _check(hints(cls)[f.name], obj[f.name], fpath, f.metadata, depth)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _fail(fpath, "missing")
+            fpath = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _check(f.tp, obj[f.name], fpath, f.meta, depth)
+        elif f.required:
+            raise _fail(f"{path}.{f.name}" if path else f.name, "missing")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -242,9 +271,13 @@ def to_obj(value: Struct) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(value, Message):
         out["kind"] = value.KIND
-    for f in dataclasses.fields(value):  # type: ignore[arg-type]
-        out[f.name] = _plain(getattr(value, f.name))
+    for f in _specs(type(value)):
+        v = getattr(value, f.name)
+        out[f.name] = v if type(v) in _SCALARS else _plain(v)
     return out
+
+
+_SCALARS = frozenset({str, bytes, int, bool, float, type(None)})
 
 
 def encode(msg: Struct) -> bytes:

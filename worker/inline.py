@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 #: Longest an inline call may hold the event loop before it is moved to a thread.
-INLINE_BUDGET_S = 0.01
+INLINE_BUDGET_S = 0.05
 #: Functions whose average call is shorter than this (microseconds) run inline.
 FAST_US = 250.0
 #: How long a function that overran its budget stays on threads.
