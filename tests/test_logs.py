@@ -1,0 +1,55 @@
+"""Guest logs travel as syscalls, are kept in a bounded stream, and `forgeone logs` shows them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.cluster import Cluster, eventually
+
+
+def _logs_cmd(cluster: Cluster, *args: str) -> list[str]:
+    return [sys.executable, "-m", "coordinator", "logs", *args, "--nats-url", cluster.url]
+
+
+async def test_forgeone_logs_shows_and_follows_plugin_logs(cluster: Cluster) -> None:
+    cluster.start_worker("w1")
+    client = await cluster.client()
+    try:
+        await cluster.allow("hello", "log")
+        await client.deploy(cluster.example_package("hello"))
+        await cluster.wait_ready(client, "hello", 1)
+        assert await client.invoke("hello", "greet", b"first") == b"Hello, first!"
+
+        async def shown() -> bool:
+            r = subprocess.run(
+                _logs_cmd(cluster, "hello", "-n", "5"), capture_output=True, timeout=30
+            )
+            return r.returncode == 0 and b"first" in r.stdout and b"hello@1.0.0 greet" in r.stdout
+
+        await eventually(shown, 15, "the log line in `forgeone logs`")
+
+        follow = subprocess.Popen(
+            _logs_cmd(cluster, "hello", "-n", "0", "-f"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            # a line logged after the follower started shows up on its stdout
+            for _ in range(50):
+                await client.invoke("hello", "greet", b"second")
+                assert follow.stdout is not None
+                import select
+
+                ready, _, _ = select.select([follow.stdout], [], [], 0.2)
+                if ready:
+                    line = follow.stdout.readline()
+                    assert b"second" in line and b"INFO" in line, line
+                    break
+            else:
+                raise AssertionError("`forgeone logs -f` printed nothing")
+        finally:
+            follow.terminate()
+            follow.wait(timeout=10)
+    finally:
+        await client.close()
