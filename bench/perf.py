@@ -357,6 +357,8 @@ async def serve_jetstream(url: str) -> None:
                 headers={HEADER_MSG_ID: job_id},
             )
             await msg.ack()
+        except Exception as e:  # left unacked: redelivered after the ack wait
+            print(f"job failed: {e!r}", file=sys.stderr, flush=True)
         finally:
             inflight -= 1
             freed.set()
@@ -371,7 +373,11 @@ async def serve_jetstream(url: str) -> None:
                 continue
             try:
                 msgs = await psub.fetch(batch=min(free, BARE_BATCH), timeout=2.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own and plain asyncio timeouts here
+                continue
+            except Exception as e:  # keep serving; say why in the log
+                print(f"fetch failed: {e!r}", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.1)  # back off before pulling again
                 continue
             for msg in msgs:
                 inflight += 1
@@ -384,7 +390,7 @@ async def serve_jetstream(url: str) -> None:
     print("ready", flush=True)
     await _until_terminated()
     puller.cancel()
-    await nc.drain()
+    await nc.close()
 
 
 # --- wasm modules ----------------------------------------------------------------------
@@ -1172,7 +1178,24 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+
+    def git(*args: str) -> str:
+        try:  # read-only queries; --no-optional-locks keeps status from touching the index
+            done = subprocess.run(
+                ["git", "--no-optional-locks", "-C", str(REPO), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
     return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_modified_files": len(
+            git("status", "--porcelain", "--untracked-files=no").splitlines()
+        ),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_model": cpu_model,
@@ -1333,6 +1356,10 @@ def render(report: dict[str, Any]) -> str:
     out: list[str] = []
     sections = report["sections"]
     m = report["machine"]
+    out.append(
+        f"tree: {m['git_commit'][:12] or 'unknown'}"
+        + (f" + {m['git_modified_files']} modified files" if m["git_modified_files"] else "")
+    )
     out.append(
         f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, "
         f"wasmtime {m['wasmtime']}, nats-py {m['nats-py']}, {m['nats_server']}; "
@@ -1518,18 +1545,34 @@ async def run_bench(cfg: Config, wanted: list[str], log: Callable[[str], None]) 
             plan.append(("cold", lambda: section_cold(cfg, root, log)))
         if "memory" in wanted:
             plan.append(("memory", lambda: section_memory(cfg, root, log)))
+        timing: dict[str, Any] = {}
+        report["section_timing"] = timing
         for name, run in plan:
             log(f"[{name}]")
-            started = time.monotonic()
+            started, load = time.monotonic(), os.getloadavg()[0]
             try:
                 sections[name] = await run()
             except Exception as e:
                 log(traceback.format_exc())
                 sections[name] = {"error": f"{type(e).__name__}: {e}"}
-            log(f"[{name}] {time.monotonic() - started:.1f} s")
+            timing[name] = {
+                "seconds": time.monotonic() - started,
+                "loadavg_1m_start": load,
+                "loadavg_1m_end": os.getloadavg()[0],
+            }
+            log(f"[{name}] {timing[name]['seconds']:.1f} s")
     report["machine"]["loadavg_end"] = os.getloadavg()
     report["targets"] = [asdict(t) for t in evaluate(sections)]
     return report
+
+
+async def interruptible(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work``; SIGTERM or SIGINT cancels it, so every finally stops its processes."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await task
 
 
 def main() -> None:
@@ -1556,7 +1599,11 @@ def main() -> None:
 
     cfg = Config.make(a.quick)
     wanted = [s for s in SECTIONS if not a.only or s in a.only]
-    report = uvloop.run(run_bench(cfg, wanted, log))
+    try:
+        report = uvloop.run(interruptible(run_bench(cfg, wanted, log)))
+    except asyncio.CancelledError:
+        log("interrupted; every process this bench started has been stopped")
+        sys.exit(130)
     print(render(report), flush=True)
     if a.json:
         a.json.write_text(json.dumps(report, indent=1, default=str))

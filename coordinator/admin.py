@@ -51,12 +51,14 @@ from schemas.package import VerifiedPackage, package_digest, verify_package
 from schemas.policy import effective_grants, missing, parse_permission
 from schemas.signing import TrustStore
 from schemas.subjects import Subjects
+from schemas.triggers import TRIGGER_REQUESTS
 
 from . import metrics
 from .buckets import ensure_jobs_consumer, ensure_plugin_kv
 from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import JobSettings
+from .triggers_admin import TriggerAdmin
 
 log = logging.getLogger("forge.coordinator.admin")
 
@@ -83,6 +85,7 @@ class AdminService:
         jobs: JobSettings,
         policy: PolicyStore,
         replicas: int = 1,
+        triggers: TriggerAdmin | None = None,
     ) -> None:
         self.policy = policy
         self.nc = nc
@@ -104,6 +107,10 @@ class AdminService:
             "policy_delete": self._policy_delete,
             "policy_list": self._policy_list,
         }
+        self._requests = dict(ADMIN_REQUESTS)
+        if triggers is not None:
+            self._requests.update(TRIGGER_REQUESTS)
+            self._handlers.update(triggers.handlers())
 
     async def start(self) -> None:
         self._service = await add_service(
@@ -113,7 +120,7 @@ class AdminService:
             description="ForgeOne control plane",
             queue_group="forge-coordinators",
         )
-        for op in ADMIN_REQUESTS:
+        for op in self._requests:
             await self._service.add_endpoint(
                 EndpointConfig(name=op, subject=self.subjects.admin(op), handler=self._endpoint(op))
             )
@@ -127,7 +134,7 @@ class AdminService:
             started = time.perf_counter()
             try:
                 try:
-                    msg = decode_any(req.data, ADMIN_REQUESTS[op])
+                    msg = decode_any(req.data, self._requests[op])
                 except DecodeError as e:
                     raise BadRequest(f"{op} request: {e}") from None
                 reply: Message = await self._handlers[op](msg)

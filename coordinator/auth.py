@@ -9,9 +9,11 @@ The roles:
 
 - ``coordinator``: everything under the prefix, the JetStream API, the
   control-plane buckets, ``$SRV.>`` for the nats.micro admin service;
-- ``worker``: serve invokes (queue group only) and jobs, publish results,
-  dead letters, syscalls, heartbeats and what plugins may emit; read the
-  deployments, policy and packages; read and write plugin KV buckets;
+- ``worker``: serve invokes (queue group only), jobs and triggers, publish
+  results, dead letters, syscalls, heartbeats and what plugins and trigger
+  outputs may emit (``--emit``); read the control-plane buckets and the
+  packages; read and write plugin KV buckets; listen on the operator's trigger
+  subjects (``--trigger-subject``) and consume their streams (``--trigger-stream``);
 - ``client`` (an invoking service): invoke, submit jobs, read results, read
   the deployments bucket and job statistics;
 - ``publisher``: the client's rights, plus admin requests (deploy, undeploy,
@@ -142,14 +144,23 @@ def _uniq(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def role_permissions(
-    subjects: Subjects, emit: Sequence[str] = DEFAULT_EMIT
+    subjects: Subjects,
+    emit: Sequence[str] = DEFAULT_EMIT,
+    trigger_subjects: Sequence[str] = (),
+    trigger_streams: Sequence[str] = (),
 ) -> dict[str, RolePermissions]:
-    """The permissions of each role's user, by role name."""
+    """The permissions of each role's user, by role name.
+
+    ``emit``: subjects plugins (``forge.emit``) and trigger outputs may be published
+    to. ``trigger_subjects``: subjects subject-triggers may listen on (in a queue
+    group). ``trigger_streams``: the users' streams stream-triggers may consume.
+    """
     s = subjects
     everything = _family(s.admin("x"), 1)  # <prefix>.>
     invoke_all = _family(s.invoke("x", "y"), 2)  # <prefix>.invoke.>
     admin_all = _family(s.admin("x"), 2)  # <prefix>.admin.>
-    deployments, policy, packages = s.deployments_bucket, s.policy_bucket, s.packages_bucket
+    deployments, packages = s.deployments_bucket, s.packages_bucket
+    control_kv_buckets = [b for b in control_buckets(s) if b != packages]
     jobs, results, dlq = s.jobs_stream, s.results_stream, s.dead_letter_stream
 
     # What only the coordinator may do, denied explicitly to the others (deny beats
@@ -167,7 +178,7 @@ def role_permissions(
             f"{JS_API}.>",
             "$JS.ACK.>",
             "$JS.FC.>",
-            *(_kv_keys(b) for b in control_buckets(s) if b != packages),
+            *(_kv_keys(b) for b in control_kv_buckets),
             _obj_all(packages),
             "$SRV.>",
         ),
@@ -185,14 +196,28 @@ def role_permissions(
             f"$JS.ACK.{jobs}.>",
             s.results_all(),
             s.dead_letter_all(),
-            # the cluster view, syscalls, and what plugins may emit
+            # the cluster view, syscalls, and what plugins and trigger outputs may emit
             s.heartbeat_all(),
             s.syscall_all(),
             *emit,
-            # watch deployments and policy, read packages (the object store's get
-            # finds its stream by subject)
-            *_ordered_consumer(_kv_stream(deployments)),
-            *_ordered_consumer(_kv_stream(policy)),
+            # triggers: statistics, dead letters, and the consumers on the users' streams
+            # (an output goes through JetStream when a stream stores its subject, which
+            # the worker finds in the list of streams)
+            s.trigger_stats_all(),
+            s.trigger_dead_letter_all(),
+            f"{JS_API}.STREAM.LIST",
+            *(
+                subject
+                for stream in trigger_streams
+                for subject in (
+                    f"{JS_API}.CONSUMER.INFO.{stream}.*",
+                    f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.*",
+                    f"$JS.ACK.{stream}.>",
+                )
+            ),
+            # watch the control-plane buckets (deployments, policy, and any added
+            # later), read packages (the object store's get finds its stream by subject)
+            *(c for b in control_kv_buckets for c in _ordered_consumer(_kv_stream(b))),
             *_ordered_consumer(_obj_stream(packages)),
             f"{JS_API}.STREAM.NAMES",
             # plugin KV buckets (<prefix>_kv_<name>) and reading any stream's info and
@@ -205,7 +230,12 @@ def role_permissions(
             f"{JS_API}.DIRECT.GET.*.>",
         ),
         publish_deny=(admin_all, *control_kv, *stream_admin, purge_any, "$O.>"),
-        subscribe_allow=(f"{invoke_all} {INVOKE_QUEUE}", INBOXES),
+        subscribe_allow=(
+            f"{invoke_all} {INVOKE_QUEUE}",
+            # subject triggers: always in the trigger's queue group (any group name)
+            *(f"{subject} *" for subject in trigger_subjects),
+            INBOXES,
+        ),
         allow_responses=True,
     )
 
@@ -248,22 +278,33 @@ def role_permissions(
     return {"coordinator": coordinator, "worker": worker, "client": client, "publisher": publisher}
 
 
-# --- validation of --emit ------------------------------------------------------------
+# --- validation of the operator's subjects and streams ---------------------------------
 _TOKEN = re.compile(r"[^\s.*>]+|\*|>")
+_STREAM = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 
-def check_emit_pattern(pattern: str, subjects: Subjects) -> str:
-    """An emit pattern, or ValueError: a valid subject outside NATS's and ForgeOne's own."""
+def check_user_subject(pattern: str, subjects: Subjects, flag: str = "--emit") -> str:
+    """A subject pattern of the operator's, or ValueError: valid, and outside NATS's
+    and ForgeOne's own subjects."""
     tokens = pattern.split(".")
     if not pattern or any(not _TOKEN.fullmatch(t) for t in tokens) or ">" in tokens[:-1]:
-        raise ValueError(f"--emit {pattern!r} is not a valid NATS subject pattern")
+        raise ValueError(f"{flag} {pattern!r} is not a valid NATS subject pattern")
     first = tokens[0]
     if first in ("*", ">") or first.startswith(("$", "_INBOX")) or first == subjects.prefix:
         raise ValueError(
-            f"--emit {pattern!r} must start with a literal token outside NATS's ($..., "
+            f"{flag} {pattern!r} must start with a literal token outside NATS's ($..., "
             f"_INBOX) and ForgeOne's ({subjects.prefix}.) subjects"
         )
     return pattern
+
+
+def check_user_stream(name: str, subjects: Subjects) -> str:
+    """A stream of the operator's, or ValueError: a valid name, not one of ForgeOne's."""
+    if not _STREAM.fullmatch(name):
+        raise ValueError(f"--trigger-stream {name!r} is not a valid stream name")
+    if name.upper().startswith(f"{subjects.prefix.upper()}_") or name.startswith(("KV_", "OBJ_")):
+        raise ValueError(f"--trigger-stream {name!r} names one of ForgeOne's streams or a bucket's")
+    return name
 
 
 # --- bcrypt (for the server's config; nats-server checks it) ----------------------------
@@ -385,13 +426,20 @@ def _list(items: Sequence[str]) -> str:
 
 
 def render_config(
-    users: Sequence[tuple[str, str, RolePermissions]], prefix: str, emit: Sequence[str]
+    users: Sequence[tuple[str, str, RolePermissions]],
+    prefix: str,
+    emit: Sequence[str],
+    trigger_subjects: Sequence[str] = (),
+    trigger_streams: Sequence[str] = (),
 ) -> str:
     """The ``authorization`` block for ``(user, password hash, permissions)`` entries."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
         f"# ForgeOne NATS users, one per role; written by `forgeone auth init` on {now}",
-        f"# for subject prefix {prefix!r}, plugins may emit to: {', '.join(emit) or '-'}.",
+        f"# for subject prefix {prefix!r}; plugins and trigger outputs may publish to: "
+        f"{', '.join(emit) or '-'};",
+        f"# subject triggers may listen on: {', '.join(trigger_subjects) or '-'}; "
+        f"stream triggers may read: {', '.join(trigger_streams) or '-'}.",
         "# Passwords are bcrypt hashes; each role's password is in <role>.creds.json.",
         f'# Use it from the server\'s configuration with:  include "{CONFIG_NAME}"',
         "authorization {",
@@ -435,6 +483,8 @@ def init_auth(
     emit: Sequence[str] = DEFAULT_EMIT,
     force: bool = False,
     cost: int = BCRYPT_COST,
+    trigger_subjects: Sequence[str] = (),
+    trigger_streams: Sequence[str] = (),
 ) -> list[Path]:
     """Write the server config fragment and one credentials file per role; return the paths.
 
@@ -444,19 +494,24 @@ def init_auth(
     if not PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"prefix {prefix!r} must match {PREFIX_RE.pattern}")
     subjects = Subjects(prefix)
-    emit = _uniq(check_emit_pattern(e, subjects) for e in emit)
+    emit = _uniq(check_user_subject(e, subjects) for e in emit)
+    trigger_subjects = _uniq(
+        check_user_subject(t, subjects, "--trigger-subject") for t in trigger_subjects
+    )
+    trigger_streams = _uniq(check_user_stream(t, subjects) for t in trigger_streams)
     config_path = out / CONFIG_NAME
     paths = [config_path] + [out / creds_name(r) for r in ROLES]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} already exist (use --force to replace)")
     out.mkdir(parents=True, exist_ok=True)
-    perms = role_permissions(subjects, emit)
+    perms = role_permissions(subjects, emit, trigger_subjects, trigger_streams)
     creds = {r: UserPassword(f"{prefix}-{r}", secrets.token_urlsafe(24)) for r in ROLES}
     users = [(creds[r].user, bcrypt_hash(creds[r].password, cost), perms[r]) for r in ROLES]
     for role in ROLES:
         _write(out / creds_name(role), creds[role].to_json(), 0o600)
-    _write(config_path, render_config(users, prefix, emit), 0o644)
+    config = render_config(users, prefix, emit, trigger_subjects, trigger_streams)
+    _write(config_path, config, 0o644)
     return paths
 
 
@@ -464,7 +519,14 @@ def init_auth(
 def cmd_auth_init(a: argparse.Namespace) -> int:
     out = Path(a.out)
     try:
-        paths = init_auth(out, a.prefix, a.emit or DEFAULT_EMIT, a.force)
+        paths = init_auth(
+            out,
+            a.prefix,
+            a.emit or DEFAULT_EMIT,
+            a.force,
+            trigger_subjects=a.trigger_subject,
+            trigger_streams=a.trigger_stream,
+        )
     except (FileExistsError, ValueError, OSError) as e:
         print(f"forgeone: auth init: {e}", file=sys.stderr)
         return 1
@@ -472,7 +534,8 @@ def cmd_auth_init(a: argparse.Namespace) -> int:
     for p in paths[1:]:
         print(f"wrote {p} (mode 0600)")
     print(
-        f'\nin the nats-server configuration:  include "{paths[0].resolve()}"\n'
+        f"\nin the nats-server configuration, with a path relative to that file's folder "
+        f'(nats-server\ndoes not take absolute include paths):  include "{CONFIG_NAME}"\n'
         "then run each process with its role's file, for example:\n"
         f"  forgeone coordinator --creds {out / creds_name('coordinator')}\n"
         f"  forgeone-worker --creds {out / creds_name('worker')}\n"
@@ -483,7 +546,7 @@ def cmd_auth_init(a: argparse.Namespace) -> int:
 
 
 def add_auth_commands(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     bus: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
 ) -> None:
     """Register ``forgeone auth init`` (offline; ``bus`` is for commands that connect)."""
@@ -506,7 +569,22 @@ def add_auth_commands(
         action="append",
         default=[],
         metavar="PATTERN",
-        help=f"subjects plugins may emit to (repeatable; default {' '.join(DEFAULT_EMIT)})",
+        help="subjects plugins and trigger outputs may publish to (repeatable; default "
+        f"{' '.join(DEFAULT_EMIT)})",
+    )
+    s.add_argument(
+        "--trigger-subject",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="subjects that subject triggers may listen on (repeatable)",
+    )
+    s.add_argument(
+        "--trigger-stream",
+        action="append",
+        default=[],
+        metavar="STREAM",
+        help="your streams that stream triggers may consume (repeatable)",
     )
     s.add_argument("--force", action="store_true", help="replace existing files")
     s.set_defaults(func=cmd_auth_init)

@@ -162,3 +162,34 @@ async def ensure_jobs_consumer(
         description=f"ForgeOne jobs of plugin {plugin}",
     )
     await js.add_consumer(subjects.jobs_stream, config)
+
+
+#: Dead-lettered trigger events kept (on the triggers' default dead-letter subjects).
+TRIGGER_DEAD_LETTER_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+async def ensure_triggers(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> KeyValue:
+    """The triggers bucket (one key per trigger) and the default dead-letter stream."""
+    kv = await js.create_key_value(
+        KeyValueConfig(
+            bucket=subjects.triggers_bucket,
+            history=16,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            description="ForgeOne triggers, one key per trigger",
+        )
+    )
+    await _put_stream(
+        js,
+        StreamConfig(
+            name=subjects.trigger_dead_letter_stream,
+            subjects=[subjects.trigger_dead_letter_all()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=TRIGGER_DEAD_LETTER_MAX_AGE_S,
+            duplicate_window=120.0,
+            description="ForgeOne trigger events that failed every attempt, with their error",
+        ),
+    )
+    return kv

@@ -55,9 +55,11 @@ from schemas.messages import (
 from schemas.package import package_digest
 from schemas.policy import PolicyRecord
 from schemas.subjects import Subjects
+from schemas.triggers import TriggerReply, TriggerSpec, TriggerStatus
 
 from .connection import connect
 from .jobs_client import Jobs, JobStats
+from .triggers_admin import TriggerClient
 
 #: Extra time the client waits beyond the call's own deadline, so that the
 #: worker's TIMEOUT reply (rather than silence) is what the caller sees.
@@ -74,6 +76,7 @@ class ForgeClient:
         self._owns = owns_connection
         self._kv: KeyValue | None = None
         self._jobs = Jobs(nc, self.subjects)
+        self._triggers = TriggerClient(self._admin)
 
     @classmethod
     async def connect(
@@ -289,3 +292,24 @@ class ForgeClient:
         reply = await self._admin("workers", WorkersRequest(), WorkersReply)
         assert isinstance(reply, WorkersReply)
         return reply.workers
+
+    # --- triggers ---------------------------------------------------------------
+    async def add_trigger(self, spec: TriggerSpec) -> TriggerReply:
+        """Bind an event source to a plugin function (docs/triggers.md)."""
+        return await self._triggers.add(spec)
+
+    async def triggers(self) -> list[TriggerStatus]:
+        """Every trigger with its state, lag, rate, errors and dead-lettered count."""
+        return await self._triggers.list()
+
+    async def trigger(self, name: str) -> TriggerStatus:
+        return await self._triggers.show(name)
+
+    async def pause_trigger(self, name: str) -> TriggerStatus:
+        return await self._triggers.pause(name)
+
+    async def resume_trigger(self, name: str) -> TriggerStatus:
+        return await self._triggers.resume(name)
+
+    async def remove_trigger(self, name: str) -> None:
+        await self._triggers.remove(name)

@@ -45,6 +45,12 @@ async def connect(
             nc.options["allow_reconnect"] = False
         log.debug("event=nats_error error=%r", e)
 
+    async def on_closed() -> None:
+        # nats-py closes for good (no reconnects) when the server drops the connection
+        # for its credentials (rotated or revoked): say so, every later call fails.
+        if not connecting and nc.last_error is not None and is_auth_error(nc.last_error):
+            log.error("event=nats_auth_refused error=%r: connection closed", nc.last_error)
+
     options: dict[str, Any] = {
         "servers": url.split(","),
         "name": name,
@@ -53,6 +59,7 @@ async def connect(
         "max_reconnect_attempts": -1 if persistent else 1,
         "reconnect_time_wait": 0.2,  # seconds; nats-py's annotation says int, it takes floats
         "error_cb": on_error,
+        "closed_cb": on_closed,
         **auth,
     }
     try:

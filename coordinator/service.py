@@ -12,12 +12,13 @@ from schemas.subjects import Subjects
 
 from . import metrics
 from .admin import AdminService
-from .buckets import ensure_buckets, ensure_job_streams
+from .buckets import ensure_buckets, ensure_job_streams, ensure_triggers
 from .connection import connect
 from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import CoordinatorSettings
 from .status_http import serve_status
+from .triggers_admin import TriggerAdmin
 
 log = logging.getLogger("forge.coordinator")
 
@@ -30,6 +31,10 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
     await ensure_job_streams(js, subjects, settings.jobs, settings.replicas)
     registry = WorkerRegistry()
     await registry.start(nc, subjects)
+    triggers = TriggerAdmin(
+        nc, subjects, await ensure_triggers(js, subjects, settings.replicas), kv, registry
+    )
+    await triggers.start()
     admin = AdminService(
         nc,
         subjects,
@@ -40,6 +45,7 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
         settings.jobs,
         PolicyStore(policy_kv),
         settings.replicas,
+        triggers,
     )
     await admin.start()
 

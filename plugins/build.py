@@ -4,16 +4,19 @@
 Usage: python plugins/build.py [--out DIR] [NAME ...]
 
 Every directory under plugins/ holding a forge.json is a plugin. It contains
-either exactly one ``*.wat`` file (assembled with ``wasmtime.wat2wasm``) or one
+either exactly one ``*.wat`` file (assembled with ``wasmtime.wat2wasm``), one
 or more ``*.c`` files (compiled with ``python -m ziglang cc`` for
-wasm32-freestanding, no libc, against plugins/include/forge.h). The outputs are
+wasm32-freestanding, no libc, against plugins/include/forge.h), or an
+AssemblyScript project (``package.json`` plus ``index.ts``, built with the
+project's own ``asc`` after ``npm install`` into its ``node_modules``; such a
+plugin is skipped with a message where ``npm`` is missing). The outputs are
 ``DIR/<name>.wasm`` and ``DIR/<name>.forge.json`` (default DIR: plugins/build/).
 A plugin is rebuilt only when an input is newer than its output. Each built
-module is checked against the manifest and the forge/1 ABI (imports, exports,
-signatures, enabled wasm features) before it is written.
+module is checked against the manifest and its ABI, forge/1 or extism/1
+(imports, exports, signatures, enabled wasm features) before it is written.
 
 Importing this file has no side effects; tests call :func:`build_all`.
-Only the standard library, plus wasmtime and ziglang when building, is used.
+Only the standard library, plus wasmtime, ziglang and npm when building, is used.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ABI = "forge/1"
+ABIS = ("forge/1", "extism/1")
 PLUGINS_DIR = Path(__file__).resolve().parent
 INCLUDE_DIR = PLUGINS_DIR / "include"
 DEFAULT_OUT = PLUGINS_DIR / "build"
@@ -66,6 +71,8 @@ HOST_IMPORTS: dict[str, tuple[list[str], list[str]]] = {
     "kv_get": (["i32", "i32", "i32", "i32"], ["i64"]),
     "kv_put": (["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
     "call": (["i32", "i32", "i32", "i32", "i32", "i32"], ["i64"]),
+    "event_subject": ([], ["i64"]),
+    "event_header": (["i32", "i32"], ["i64"]),
 }
 # The permission kind the manifest must request to import a host function
 # (schemas/abi.py IMPORT_PERMISSIONS).
@@ -109,6 +116,10 @@ C_FLAGS = [
 ]
 
 
+class BuildSkipped(Exception):
+    """A plugin cannot be built on this machine (a missing toolchain); not a failure."""
+
+
 class BuildError(Exception):
     """A plugin could not be built; the message says which and why."""
 
@@ -116,7 +127,7 @@ class BuildError(Exception):
 class Plugin(NamedTuple):
     name: str
     directory: Path
-    kind: str  # "wat" or "c"
+    kind: str  # "wat", "c" or "as" (AssemblyScript)
     sources: tuple[Path, ...]  # files fed to the compiler
     deps: tuple[Path, ...]  # everything the .wasm depends on
 
@@ -150,8 +161,13 @@ def discover(plugins_dir: Path = PLUGINS_DIR) -> dict[str, Plugin]:
             plugins[name] = Plugin(
                 name, d, "c", tuple(c_files), tuple([*c_files, *headers, *common])
             )
+        elif (d / "package.json").is_file() and (d / "index.ts").is_file():
+            ts = sorted(d.glob("*.ts"))
+            extra = [f for f in (d / "asconfig.json", d / "package-lock.json") if f.is_file()]
+            deps = tuple([*ts, d / "package.json", *extra, *common])
+            plugins[name] = Plugin(name, d, "as", (d / "index.ts",), deps)
         else:
-            raise BuildError(f"{name}: no .wat or .c source next to forge.json")
+            raise BuildError(f"{name}: no .wat, .c or AssemblyScript source next to forge.json")
     return plugins
 
 
@@ -187,8 +203,8 @@ def load_manifest(plugin: Plugin) -> dict[str, Any]:
         problems.append(f"name {name!r} differs from its directory {plugin.name!r}")
     if "version" in m and not (isinstance(m["version"], str) and VERSION_RE.match(m["version"])):
         problems.append(f"version {m['version']!r} is not like 1.0.0")
-    if "abi" in m and m["abi"] != ABI:
-        problems.append(f"abi {m['abi']!r} is not {ABI!r}")
+    if "abi" in m and m["abi"] not in ABIS:
+        problems.append(f"abi {m['abi']!r} is not one of {', '.join(ABIS)}")
     exports = m.get("exports")
     if "exports" in m:
         if not (
@@ -304,6 +320,57 @@ def compile_c(plugin: Plugin, tmp_dir: Path) -> bytes:
     return out.read_bytes()
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Any:
+    """An exclusive lock on ``path`` (parallel test runs build the same project)."""
+    import fcntl
+
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_assemblyscript(project: Path, entry: str, out: Path) -> bytes:
+    """Compile AssemblyScript project ``project`` (its ``entry`` file) to ``out``.
+
+    Dependencies come from the npm registry into ``project/node_modules`` the first
+    time (and again when package.json changes); later builds reuse them. Options
+    beyond ``--optimize`` (e.g. ``use`` for a custom abort) belong in the project's
+    asconfig.json. Raises BuildSkipped without npm, BuildError when a step fails.
+    """
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BuildSkipped(f"{project.name}: npm not found; AssemblyScript plugins need Node.js")
+    with _locked(project / ".build.lock"):
+        stamp = project / "node_modules" / ".package-lock.json"
+        if _mtime(stamp) < _mtime(project / "package.json"):
+            cmd = [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"]
+            _run(cmd, project, f"{project.name}: npm install", 600)
+        tmp_out = out.with_name(f".{out.name}.tmp")
+        asc = [npm, "exec", "--offline", "--", "asc", entry, "--outFile", str(tmp_out)]
+        _run([*asc, "--optimize"], project, f"{project.name}: asc", 300)
+        wasm = tmp_out.read_bytes()
+        os.replace(tmp_out, out)
+        return wasm
+
+
+def _run(cmd: list[str], cwd: Path, what: str, timeout: int) -> None:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"{what}: {e}") from e
+    if proc.returncode != 0:
+        diag = (proc.stderr or proc.stdout).strip()
+        raise BuildError(f"{what} failed (exit {proc.returncode}):\n{diag}")
+
+
+def compile_as(plugin: Plugin, tmp_dir: Path) -> bytes:
+    return build_assemblyscript(plugin.directory, "index.ts", tmp_dir / f"{plugin.name}.wasm")
+
+
 def _sig(func_type: Any) -> tuple[list[str], list[str]]:
     return [str(p) for p in func_type.params], [str(r) for r in func_type.results]
 
@@ -322,7 +389,11 @@ def check_module(wasm: bytes, manifest: dict[str, Any], engine: Any = None) -> N
     try:
         module = wasmtime.Module(engine, wasm)
     except Exception as e:
-        raise BuildError(f"not a valid forge/1 module (wasm features or validation): {e}") from e
+        raise BuildError(
+            f"not a valid {manifest.get('abi', ABI)} module (wasm features or validation): {e}"
+        ) from e
+    if manifest.get("abi") == "extism/1":
+        return check_extism_module(module, manifest)
     problems: list[str] = []
     kinds = {p.partition(":")[0] for p in manifest.get("permissions", [])}
     for imp in module.imports:
@@ -358,6 +429,82 @@ def check_module(wasm: bytes, manifest: dict[str, Any], engine: Any = None) -> N
         t = exports.get(name)
         if t is not None and (not isinstance(t, wasmtime.FuncType) or _sig(t) != sig):
             problems.append(f"export {name!r} must be a function {_fmt(sig)}")
+    if problems:
+        raise BuildError("; ".join(problems))
+
+
+# extism/1 imports: name -> (params, results). Mirrors schemas/abi.py
+# EXTISM_KERNEL_IMPORTS + EXTISM_HOST_IMPORTS (module extism:host/env) and
+# EXTISM_USER_IMPORTS (module extism:host/user).
+_P = (["i64"], [])
+EXTISM_IMPORTS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
+    "extism:host/env": {
+        "alloc": (["i64"], ["i64"]),
+        "free": _P,
+        "length": (["i64"], ["i64"]),
+        "length_unsafe": (["i64"], ["i64"]),
+        "load_u8": (["i64"], ["i32"]),
+        "load_u64": (["i64"], ["i64"]),
+        "store_u8": (["i64", "i32"], []),
+        "store_u64": (["i64", "i64"], []),
+        "input_length": ([], ["i64"]),
+        "input_offset": ([], ["i64"]),
+        "input_load_u8": (["i64"], ["i32"]),
+        "input_load_u64": (["i64"], ["i64"]),
+        "output_set": (["i64", "i64"], []),
+        "error_set": _P,
+        "config_get": (["i64"], ["i64"]),
+        "var_get": (["i64"], ["i64"]),
+        "var_set": (["i64", "i64"], []),
+        "http_request": (["i64", "i64"], ["i64"]),
+        "http_status_code": ([], ["i32"]),
+        "http_headers": ([], ["i64"]),
+        **{f"log_{level}": _P for level in ("trace", "debug", "info", "warn", "error")},
+        "get_log_level": ([], ["i32"]),
+    },
+    "extism:host/user": {
+        "emit": (["i64", "i64"], ["i64"]),
+        "kv_get": (["i64", "i64"], ["i64"]),
+        "kv_put": (["i64", "i64", "i64"], ["i64"]),
+        "call": (["i64", "i64", "i64"], ["i64"]),
+    },
+}
+EXTISM_PERMISSIONS = {
+    **{f"log_{level}": "log" for level in ("trace", "debug", "info", "warn", "error")},
+    "config_get": "config",
+    "http_request": "http",
+    "emit": "publish",
+    "kv_get": "kv",
+    "kv_put": "kv",
+    "call": "call",
+}
+EXTISM_HANDLER_TYPES = (([], ["i32"]), ([], []))
+
+
+def check_extism_module(module: Any, manifest: dict[str, Any]) -> None:
+    """Check a compiled module against the extism/1 ABI and its manifest."""
+    wasmtime = _wasmtime()
+    problems: list[str] = []
+    kinds = {p.partition(":")[0] for p in manifest.get("permissions", [])}
+    for imp in module.imports:
+        what = f"import {imp.module}.{imp.name}"
+        if imp.module == WASI_MODULE and isinstance(imp.type, wasmtime.FuncType):
+            continue
+        want = EXTISM_IMPORTS.get(imp.module, {}).get(imp.name or "")
+        if want is None or not isinstance(imp.type, wasmtime.FuncType):
+            problems.append(f"{what} is not provided by the host")
+        elif _sig(imp.type) != want:
+            problems.append(f"{what} has type {_fmt(_sig(imp.type))}, expected {_fmt(want)}")
+        elif (kind := EXTISM_PERMISSIONS.get(imp.name or "")) is not None and kind not in kinds:
+            wanted = kind if kind in SIMPLE_PERMISSIONS else f"{kind}:..."
+            problems.append(f'{what} needs a "{wanted}" permission in forge.json')
+    exports = {e.name: e.type for e in module.exports}
+    for name in manifest.get("exports", []):
+        t = exports.get(name)
+        if t is None:
+            problems.append(f"missing export {name!r}")
+        elif not isinstance(t, wasmtime.FuncType) or _sig(t) not in EXTISM_HANDLER_TYPES:
+            problems.append(f"export {name!r} must be a function () -> (i32) or () -> ()")
     if problems:
         raise BuildError("; ".join(problems))
 
@@ -403,7 +550,8 @@ def build_plugin(plugin: Plugin, out_dir: Path) -> tuple[Path, str]:
             wasm = compile_wat(plugin)
         else:
             with tempfile.TemporaryDirectory(prefix=f"forge-build-{plugin.name}-") as tmp:
-                wasm = compile_c(plugin, Path(tmp))
+                compile_fn = compile_as if plugin.kind == "as" else compile_c
+                wasm = compile_fn(plugin, Path(tmp))
         try:
             check_module(wasm, manifest)
         except BuildError as e:
@@ -444,6 +592,10 @@ def build_all(
     for plugin in selected:
         try:
             path, status = build_plugin(plugin, out_dir)
+        except BuildSkipped as e:
+            if report:
+                report(f"{plugin.name:<10} skipped: {e}")
+            continue
         except BuildError as e:
             failures.append(str(e))
             if report:

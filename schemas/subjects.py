@@ -177,9 +177,11 @@ class Subjects:
 
 def js_consumer_create(stream: str, consumer: str) -> str:
     """JetStream API subject that creates (or updates) a named consumer on ``stream``."""
-    return f"{JS_API_PREFIX}.CONSUMER.CREATE.{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"
+    names = f"{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"
+    return f"{JS_API_PREFIX}.CONSUMER.CREATE.{names}"
 
 
 def js_pull_next(stream: str, consumer: str) -> str:
     """JetStream API subject a pull request for ``consumer`` is published on."""
-    return f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"
+    names = f"{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"
+    return f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{names}"

@@ -18,15 +18,19 @@ offset 0 (output offset and length, error block) and copies the output out.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import struct
 import threading
 import time
+from ctypes import byref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import wasmtime
+from wasmtime import _bindings as _b
+from wasmtime import _ffi
 
 from schemas.abi import (
     EXTISM_ENV_MODULE,
@@ -50,7 +54,7 @@ from schemas.policy import Permission
 
 from . import host
 from .engine import Engines
-from .guest import GuestMemory, GuestTrap, RawFunc, set_epoch_deadline
+from .guest import GuestMemory, GuestTrap, RawFunc, _call_unchecked, _raise, set_epoch_deadline
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
 from .slots import released
@@ -73,6 +77,14 @@ LOG_LEVEL_OFF = 2**31 - 1
 #: Extism log functions -> ForgeOne levels (0 debug, 1 info, 2 warn, 3 error).
 _LOG_LEVELS = {"log_trace": 0, "log_debug": 0, "log_info": 1, "log_warn": 2, "log_error": 3}
 _STATUS = struct.Struct("<QQQ")  # output offset, output length, error block
+
+_TrapPtr = ctypes.POINTER(_b.wasm_trap_t)
+_memory_size = _b._wasmtime_memory_data_size
+#: wasmtime_memory_data returning the address as an int (wasmtime-py's own binding
+#: returns a uint8 pointer, which costs a cast per call).
+_memory_addr = ctypes.CFUNCTYPE(
+    ctypes.c_void_p, ctypes.POINTER(_b.wasmtime_context_t), ctypes.POINTER(_b.wasmtime_memory_t)
+)(("wasmtime_memory_data", _ffi.dll))
 
 _kernel_lock = threading.Lock()
 _kernel_wasm: bytes | None = None
@@ -98,14 +110,52 @@ def _functype(params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.Fun
     return wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
 
 
-class _KernelAlloc(RawFunc):
-    """The kernel's ``alloc`` ((i64) -> i64) where forge host functions expect a guest
-    ``alloc`` ((i32) -> i32): they place their results in the block memory through it."""
+class _Raw(RawFunc):
+    """RawFunc plus the two signatures the extism/1 hot path calls, without the generic loop."""
 
     __slots__ = ()
 
+    def call_l_l(self, a: int) -> int:
+        """``(i64) -> i64``: the kernel's forge_begin, alloc and length."""
+        vals = self._vals
+        vals[0].i64 = a
+        trap = _TrapPtr()
+        err = _call_unchecked(self._ctx, self._fref, vals, 1, byref(trap))
+        if err or trap:
+            _raise(err, trap)
+        return int(vals[0].i64)
+
+    def call_v_i(self) -> int:
+        """``() -> i32`` (or ``() -> ()``, read as 0): a handler."""
+        vals = self._vals
+        vals[0].i64 = 0
+        trap = _TrapPtr()
+        err = _call_unchecked(self._ctx, self._fref, vals, 1, byref(trap))
+        if err or trap:
+            _raise(err, trap)
+        return int(vals[0].i32) if self._result else 0
+
     def call_i_i(self, a: int) -> int:
-        return self(a) or 0
+        """The kernel's ``alloc`` where forge host functions expect a guest ``alloc``: they
+        place their results in the block memory through it."""
+        return self.call_l_l(a)
+
+
+class _KernelMemory(GuestMemory):
+    """GuestMemory plus the fixed-size reads of one call, with one address lookup each."""
+
+    __slots__ = ()
+
+    def status(self) -> tuple[int, int, int, int, int]:
+        """(base address, size, output offset, output length, error block)."""
+        base = _memory_addr(self._ctx, self._mref) or 0
+        size = int(_memory_size(self._ctx, self._mref))
+        out_off, out_len, err_off = _STATUS.unpack(ctypes.string_at(base, _STATUS.size))
+        return base, size, out_off, out_len, err_off
+
+    def put(self, offset: int, data: bytes) -> None:
+        """Copy ``data`` to a block the kernel just allocated (so known to be in range)."""
+        ctypes.memmove((_memory_addr(self._ctx, self._mref) or 0) + offset, data, len(data))
 
 
 class ExtismRuntime:
@@ -180,7 +230,7 @@ class ExtismInstance:
         self.var_bytes = 0
         self.http_status = 0
         self.http_headers: bytes | None = None
-        self._handlers: dict[str, RawFunc] = {}
+        self._handlers: dict[str, _Raw] = {}
         store = wasmtime.Store(rt.engine)
         store.set_limits(
             memory_size=rt.limits.memory_bytes,
@@ -199,19 +249,18 @@ class ExtismInstance:
         kernel = rt.kernel_pre.instantiate(store)
         kex = kernel.exports(store)
 
-        def kfn(name: str, params: tuple[str, ...], results: tuple[str, ...]) -> RawFunc:
+        def kfn(name: str, params: tuple[str, ...], results: tuple[str, ...]) -> _Raw:
             f = kex[name]
             assert isinstance(f, wasmtime.Func)
-            return RawFunc(store, f, params, results)
+            return _Raw(store, f, params, results)
 
         kmem = kex["memory"]
         assert isinstance(kmem, wasmtime.Memory)
-        self.kmem = GuestMemory(store, kmem)
+        self.kmem = _KernelMemory(store, kmem)
         self._begin = kfn("forge_begin", ("i64",), ("i64",))
         self._length = kfn("length", ("i64",), ("i64",))
-        alloc = kex["alloc"]
-        assert isinstance(alloc, wasmtime.Func)
-        self._alloc = _KernelAlloc(store, alloc, ("i64",), ("i64",))
+        self._free = kfn("free", ("i64",), ())
+        self._alloc = kfn("alloc", ("i64",), ("i64",))
         self.guest_memory: GuestMemory | None = None
         st = self._state(CallMeta(time.monotonic() + LIFECYCLE_TIMEOUT_S))
         try:
@@ -244,7 +293,7 @@ class ExtismInstance:
             for fn, returns in rt.handler_returns.items():
                 f = ex[fn]
                 assert isinstance(f, wasmtime.Func)
-                self._handlers[fn] = RawFunc(store, f, (), ("i32",) if returns else ())
+                self._handlers[fn] = _Raw(store, f, (), ("i32",) if returns else ())
         finally:
             self._leave(st)
 
@@ -278,23 +327,26 @@ class ExtismInstance:
         output = b""
         try:
             n = len(data)
-            in_off = self._begin(n) or 0
+            in_off = self._begin.call_l_l(n)
             if n:
                 if not in_off:
                     raise OutOfMemory(f"no room for {n} bytes of input in the block memory")
-                self.kmem.write(in_off, data, "input block")
-            rc = handler()
-            out_off, out_len, err_off = _STATUS.unpack(self.kmem.read(0, 24, "status"))
+                self.kmem.put(in_off, data)
+            rc = handler.call_v_i()
+            base, size, out_off, out_len, err_off = self.kmem.status()
             if err_off or rc:
                 error = PluginError(self._error_message(fn, err_off, rc))
-            elif st.error is not None:
-                error = PluginError(st.error)
             elif out_len > self.rt.limits.max_output_bytes:
                 error = OutputTooLarge(
                     f"output of {out_len} bytes exceeds {self.rt.limits.max_output_bytes}"
                 )
             elif out_len:
-                output = self.kmem.read(out_off, out_len, "output")
+                if out_off + out_len > size:
+                    raise Trap(
+                        f"output: [{out_off}, {out_off + out_len}) is outside the block "
+                        f"memory of {size} bytes"
+                    )
+                output = ctypes.string_at(base + out_off, out_len)
         except GuestTrap as e:
             self.broken = True
             raise self._classify(e, st) from None
@@ -311,7 +363,7 @@ class ExtismInstance:
             fuel_used = self._fuel - self.store.get_fuel()
         return Invocation(output, st.logs, fuel_used, duration_us)
 
-    def _error_message(self, fn: str, err_off: int, rc: int | None) -> str:
+    def _error_message(self, fn: str, err_off: int, rc: int) -> str:
         if err_off:
             text = self.block(err_off, "error message", host.MAX_ERROR)
             if text:
@@ -323,18 +375,17 @@ class ExtismInstance:
         offset &= 0xFFFFFFFFFFFFFFFF
         if not offset:
             return b""
-        length = self._length(offset) or 0
-        return self.kmem.read(offset, length, what, cap)
+        return self.kmem.read(offset, self._length.call_l_l(offset), what, cap)
 
     def put(self, data: bytes, what: str) -> int:
         """A new kernel block holding ``data``; its offset (0 for empty data)."""
         if not data:
             return 0
-        offset = self._alloc(len(data)) or 0
+        offset = self._alloc.call_l_l(len(data))
         if not offset:
             st = host._state()
             raise host._fail(st, OutOfMemory(f"{what}: no room for {len(data)} bytes"))
-        self.kmem.write(offset, data, what)
+        self.kmem.put(offset, data)
         return offset
 
     def _classify(self, e: GuestTrap, st: CallState) -> ForgeError:
@@ -357,9 +408,9 @@ class ExtismInstance:
                 )
         message = _first_line(str(e))
         try:  # a PDK often records why before it traps (a Rust panic, an AssemblyScript abort)
-            err_off = _STATUS.unpack(self.kmem.read(0, 24, "status"))[2]
+            err_off = self.kmem.status()[4]
             said = self.block(err_off, "error message", 512) if err_off else b""
-        except ForgeError:
+        except (ForgeError, GuestTrap):
             said = b""
         if said:
             message += f" (guest error: {said.decode('utf-8', 'replace')})"
@@ -391,17 +442,21 @@ def _inst() -> tuple[ExtismInstance, CallState]:
     return inst, host._state()
 
 
-def _guarded(
+def _take(
     inst: ExtismInstance, st: CallState, offset: int, what: str, cap: int, truncate: bool = False
 ) -> bytes:
-    """A block the guest passed: over ``cap`` bytes fails the call (TRAP), or is cut to
-    ``cap`` bytes when ``truncate``."""
+    """The bytes of a block the guest handed the host, which then frees it (as Extism's
+    hosts do). Over ``cap`` bytes fails the call (TRAP), or is cut when ``truncate``."""
+    offset &= 0xFFFFFFFFFFFFFFFF
+    if not offset:
+        return b""
     try:
-        if not truncate:
-            length = (inst._length(offset & 0xFFFFFFFFFFFFFFFF) or 0) if offset else 0
-            if length > cap:
-                raise Trap(f"{what}: {length} bytes is over the {cap} byte cap")
-        return inst.block(offset, what, cap)
+        length = inst._length.call_l_l(offset)
+        if length > cap and not truncate:
+            raise Trap(f"{what}: {length} bytes is over the {cap} byte cap")
+        data = inst.kmem.read(offset, length, what, cap)
+        inst._free(offset)
+        return data
     except ForgeError as e:
         raise host._fail(st, e) from None
 
@@ -409,7 +464,7 @@ def _guarded(
 def env_config_get(key: int) -> int:
     inst, st = _inst()
     host._require(st, "config")
-    name = _guarded(inst, st, key, "config_get key", host.MAX_KEY)
+    name = _take(inst, st, key, "config_get key", host.MAX_KEY)
     value = st.env.config.get(name.decode("utf-8", "replace"))
     if value is None:
         return 0
@@ -418,20 +473,20 @@ def env_config_get(key: int) -> int:
 
 def env_var_get(key: int) -> int:
     inst, st = _inst()
-    name = _guarded(inst, st, key, "var_get key", MAX_VAR_BYTES)
+    name = _take(inst, st, key, "var_get key", MAX_VAR_BYTES)
     value = inst.vars.get(name)
     return inst.put(value, "var_get") if value else 0
 
 
 def env_var_set(key: int, value: int) -> None:
     inst, st = _inst()
-    name = _guarded(inst, st, key, "var_set key", MAX_VAR_BYTES)
+    name = _take(inst, st, key, "var_set key", MAX_VAR_BYTES)
     old = inst.vars.pop(name, None)
     if old is not None:
         inst.var_bytes -= len(name) + len(old)
     if not value:
         return  # var_set(key, 0) removes the var
-    data = _guarded(inst, st, value, "var_set value", MAX_VAR_BYTES)
+    data = _take(inst, st, value, "var_set value", MAX_VAR_BYTES)
     if inst.var_bytes + len(name) + len(data) > MAX_VAR_BYTES:
         raise host._fail(
             st, Trap(f"var_set: vars would exceed the {MAX_VAR_BYTES} byte cap of an instance")
@@ -444,7 +499,7 @@ def _logger(level: int) -> Any:
     def log(offset: int) -> None:
         inst, st = _inst()
         host._require(st, "log")
-        line = _guarded(inst, st, offset, "log", host.MAX_LOG_LINE, truncate=True)
+        line = _take(inst, st, offset, "log", host.MAX_LOG_LINE, truncate=True)
         if len(st.logs) < host.MAX_LOG_LINES:
             st.logs.append((level, line.decode("utf-8", "replace")))
 
@@ -458,7 +513,7 @@ def env_get_log_level() -> int:
 
 def env_http_request(request: int, body: int) -> int:
     inst, st = _inst()
-    raw = _guarded(inst, st, request, "http_request", MAX_HTTP_REQUEST)
+    raw = _take(inst, st, request, "http_request", MAX_HTTP_REQUEST)
     try:
         req = json.loads(raw)
         url = req["url"]
@@ -481,7 +536,7 @@ def env_http_request(request: int, body: int) -> int:
                 f"{st.env.plugin}: http_request to {hostname} needs the 'http:{hostname}' grant"
             ),
         )
-    payload = _guarded(inst, st, body, "http_request body", MAX_HTTP_BODY) if body else None
+    payload = _take(inst, st, body, "http_request body", MAX_HTTP_BODY) if body else None
     remaining = st.meta.deadline - time.monotonic() if st.meta.deadline else 5.0
     if remaining <= 0:
         raise host._fail(st, Timeout("deadline reached before http_request could start"))
@@ -589,7 +644,7 @@ def _pair(inst: ExtismInstance, offset: int) -> tuple[int, int]:
     offset &= 0xFFFFFFFFFFFFFFFF
     if not offset:
         return 0, 0
-    return offset, inst._length(offset) or 0
+    return offset, inst._length.call_l_l(offset)
 
 
 def _block_result(packed: int) -> int:

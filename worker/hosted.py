@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -130,8 +131,8 @@ class HostedVersion:
 
     def _call_inline(self, fn: str, data: bytes, meta: CallMeta) -> Outcome | None:
         """Run on the event loop thread within a small budget; None if it overran."""
-        budget = CallMeta(
-            min(meta.deadline, time.monotonic() + INLINE_BUDGET_S), meta.depth, meta.traceparent
+        budget = dataclasses.replace(
+            meta, deadline=min(meta.deadline, time.monotonic() + INLINE_BUDGET_S)
         )
         out = self.pool.run(fn, data, budget)
         if (
