@@ -53,8 +53,10 @@ DEFAULT_EMIT: tuple[str, ...] = ("events.>",)
 CONFIG_NAME = "nats-auth.conf"
 #: bcrypt work factor. The passwords are 192 random bits, so the cost adds no
 #: protection against guessing; a low one keeps every (re)connect cheap for the
-#: server and hashing fast here (pure Python: about 0.4 s per password).
+#: server and hashing fast here (pure Python: about 0.4 s per password, doubling
+#: with each step up to MAX_BCRYPT_COST).
 BCRYPT_COST = 6
+MAX_BCRYPT_COST = 12
 
 
 def creds_name(role: str) -> str:
@@ -268,8 +270,10 @@ def role_permissions(
                 *_msg_get(_obj_stream(packages)),
                 _obj_all(packages),
                 f"{JS_API}.STREAM.PURGE.{_obj_stream(packages)}",
-                # plugin logs (``forgeone logs``): an ordered consumer on the logs stream
+                # plugin logs (``forgeone logs``): an ordered consumer on the logs stream,
+                # and the stream's info (how many lines it holds)
                 *_ordered_consumer(s.logs_stream),
+                _stream_info(s.logs_stream),
             ]
         ),
         publish_deny=(*control_kv, *stream_admin),
@@ -493,6 +497,8 @@ def init_auth(
     """
     if not PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"prefix {prefix!r} must match {PREFIX_RE.pattern}")
+    if not 4 <= cost <= MAX_BCRYPT_COST:
+        raise ValueError(f"--bcrypt-cost must be between 4 and {MAX_BCRYPT_COST}")
     subjects = Subjects(prefix)
     emit = _uniq(check_user_subject(e, subjects) for e in emit)
     trigger_subjects = _uniq(
@@ -524,6 +530,7 @@ def cmd_auth_init(a: argparse.Namespace) -> int:
             a.prefix,
             a.emit or DEFAULT_EMIT,
             a.force,
+            a.bcrypt_cost,
             trigger_subjects=a.trigger_subject,
             trigger_streams=a.trigger_stream,
         )
@@ -585,6 +592,14 @@ def add_auth_commands(
         default=[],
         metavar="STREAM",
         help="your streams that stream triggers may consume (repeatable)",
+    )
+    s.add_argument(
+        "--bcrypt-cost",
+        type=int,
+        default=BCRYPT_COST,
+        metavar="N",
+        help=f"bcrypt work factor, 4-{MAX_BCRYPT_COST} (default {BCRYPT_COST}: the "
+        "passwords are random, so a higher one adds little)",
     )
     s.add_argument("--force", action="store_true", help="replace existing files")
     s.set_defaults(func=cmd_auth_init)

@@ -28,6 +28,7 @@ from schemas.signing import (
     save_private_key,
 )
 
+from .auth import add_auth_commands
 from .cli_ops import add_ops_commands
 from .client import ForgeClient
 from .settings import CoordinatorSettings, JobSettings, env_default
@@ -426,12 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_coordinator)
 
     add_ops_commands(sub, bus, _with_client)
+    add_auth_commands(sub, bus)
 
     s = sub.add_parser("dev", help="run a local cluster: NATS, coordinator, workers, examples")
     s.add_argument("--dir", default=".forge/dev", help="state folder (keys, NATS data, caches)")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--port", type=int, default=4222, help="NATS client port")
     s.add_argument("--plugins", default="plugins", help="folder of example plugins")
+    s.add_argument(
+        "--auth",
+        action="store_true",
+        help="NATS users per role (made under DIR/auth on first run); each runs as its role",
+    )
     s.add_argument(
         "--once",
         action="store_true",

@@ -38,18 +38,32 @@ async def connect(
         raise BadRequest(str(e)) from None
     nc = Client()
     connecting = True
+    refusal_logged = False
+
+    def refused_later(e: BaseException) -> None:
+        # Rotated or revoked credentials: said once (not at every reconnect attempt).
+        nonlocal refusal_logged
+        if not refusal_logged:
+            refusal_logged = True
+            log.error("event=nats_auth_refused name=%s error=%r: credentials refused", name, e)
 
     async def on_error(e: Exception) -> None:
         if connecting and is_auth_error(e):
             # Stop nats-py's connect loop: with reconnects on it would retry forever.
             nc.options["allow_reconnect"] = False
+        elif is_auth_error(e):
+            refused_later(e)
         log.debug("event=nats_error error=%r", e)
 
+    async def on_reconnected() -> None:
+        nonlocal refusal_logged
+        refusal_logged = False
+
     async def on_closed() -> None:
-        # nats-py closes for good (no reconnects) when the server drops the connection
-        # for its credentials (rotated or revoked): say so, every later call fails.
+        # nats-py closes for good, without reconnecting, when the server ends a session
+        # with an authorization error: every later call fails.
         if not connecting and nc.last_error is not None and is_auth_error(nc.last_error):
-            log.error("event=nats_auth_refused error=%r: connection closed", nc.last_error)
+            refused_later(nc.last_error)
 
     options: dict[str, Any] = {
         "servers": url.split(","),
@@ -60,6 +74,7 @@ async def connect(
         "reconnect_time_wait": 0.2,  # seconds; nats-py's annotation says int, it takes floats
         "error_cb": on_error,
         "closed_cb": on_closed,
+        "reconnected_cb": on_reconnected,
         **auth,
     }
     try:

@@ -24,12 +24,12 @@ async def read_logs(
     async def on_msg(msg: Msg) -> None:
         await queue.put(msg)
 
-    sub = await js.subscribe(
-        subjects.syscall_logs(plugin), stream=subjects.logs_stream, cb=on_msg, ordered_consumer=True
-    )
+    # the lines stored before we subscribe are the backlog; the consumer delivers them first
+    subject = subjects.syscall_logs(plugin)
+    info = await js.stream_info(subjects.logs_stream, subjects_filter=subject)
+    backlog = sum((info.state.subjects or {}).values())
+    sub = await js.subscribe(subject, stream=subjects.logs_stream, cb=on_msg, ordered_consumer=True)
     try:
-        info = await sub.consumer_info()
-        backlog = int(info.num_pending or 0)
         tail: deque[LogEvent] = deque(maxlen=max(0, last))
         for _ in range(backlog):
             event = _event(await queue.get())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -42,7 +43,8 @@ STOP_GRACE_S = 10.0
 
 
 async def connect(settings: WorkerSettings, name: str) -> Client:
-    """Connect, waiting for NATS as long as it takes; exit at once if it refuses the credentials."""
+    """Connect, waiting for NATS as long as it takes; exit at once if it refuses the
+    credentials, and stop (SIGTERM) if it refuses them later."""
     try:
         auth = connect_options(settings.credentials)
     except ValueError as e:
@@ -55,11 +57,30 @@ async def connect(settings: WorkerSettings, name: str) -> Client:
             isinstance(e, nats.errors.Error) and "authorization violation" in str(e).lower()
         )
 
+    stopping = False
+
+    def stop_refused(e: BaseException) -> None:
+        # The server no longer takes these credentials (rotated or revoked): a worker
+        # without NATS only looks alive, so stop it the ordinary way and let its
+        # supervisor start it again with the current ones.
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log.error("event=nats_auth_refused error=%r: credentials refused; stopping", e)
+            signal.raise_signal(signal.SIGTERM)
+            # the ordinary stop may itself be waiting on the bus: do not linger past it
+            asyncio.get_running_loop().call_later(STOP_GRACE_S + 5, exit_refused)
+
+    def exit_refused() -> None:
+        log.error("event=worker_exit reason=nats_auth_refused")
+        logging.shutdown()
+        os._exit(1)
+
     async def on_error(e: Exception) -> None:
         if connecting and refused(e):
             nc.options["allow_reconnect"] = False  # stop the connect loop: retrying cannot help
         elif refused(e):
-            log.error("event=nats_auth_refused error=%r (credentials revoked?)", e)
+            stop_refused(e)
         else:
             log.warning("event=nats_error error=%r", e)
 
@@ -71,14 +92,10 @@ async def connect(settings: WorkerSettings, name: str) -> Client:
         log.info("event=nats_reconnected")
 
     async def on_closed() -> None:
-        # nats-py closes for good (no reconnects) when the server drops a connection for
-        # its credentials, e.g. after they were rotated; a worker without NATS only looks
-        # alive, so stop it the ordinary way and let the supervisor restart it.
+        # nats-py closes for good, without reconnecting, when the server ends a session
+        # with an authorization error
         if not connecting and nc.last_error is not None and refused(nc.last_error):
-            log.error(
-                "event=nats_auth_refused error=%r: credentials revoked; stopping", nc.last_error
-            )
-            signal.raise_signal(signal.SIGTERM)
+            stop_refused(nc.last_error)
 
     options: dict[str, Any] = {
         "servers": settings.nats_url.split(","),
