@@ -31,6 +31,7 @@ from schemas.signing import (
 from .auth import add_auth_commands
 from .cli_ops import add_ops_commands
 from .client import ForgeClient
+from .extism_manifest import add_extism_pack_arguments, cmd_pack_extism
 from .settings import CoordinatorSettings, JobSettings, env_default
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -63,6 +64,10 @@ def pack_manifest(source: dict[str, Any], wasm: bytes) -> Manifest:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
+    if a.extism_manifest:
+        return cmd_pack_extism(a)
+    if not a.manifest or not a.wasm:
+        return _fail("pack needs --manifest and --wasm (or --extism-manifest)")
     try:
         source = json.loads(Path(a.manifest).read_text())
         wasm = Path(a.wasm).read_bytes()
@@ -336,10 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("pack", help="build and sign a .forgepkg")
-    s.add_argument("--manifest", required=True, help="the plugin's forge.json")
-    s.add_argument("--wasm", required=True, help="the compiled module")
+    s.add_argument("--manifest", help="the plugin's forge.json")
+    s.add_argument("--wasm", help="the compiled module (with --extism-manifest: a local copy)")
     s.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
     s.add_argument("-o", "--out", help="output file (default NAME-VERSION.forgepkg)")
+    add_extism_pack_arguments(s)
     s.set_defaults(func=cmd_pack)
 
     s = sub.add_parser("verify", help="check a package against a trust store")

@@ -76,7 +76,7 @@ LOG_LEVEL_DEBUG = 1
 LOG_LEVEL_OFF = 2**31 - 1
 #: Extism log functions -> ForgeOne levels (0 debug, 1 info, 2 warn, 3 error).
 _LOG_LEVELS = {"log_trace": 0, "log_debug": 0, "log_info": 1, "log_warn": 2, "log_error": 3}
-_STATUS = struct.Struct("<QQQ")  # output offset, output length, error block
+_STATUS = struct.Struct("<QQQQ")  # output offset, output length, error block, grow refused
 
 _TrapPtr = ctypes.POINTER(_b.wasm_trap_t)
 _memory_size = _b._wasmtime_memory_data_size
@@ -146,12 +146,12 @@ class _KernelMemory(GuestMemory):
 
     __slots__ = ()
 
-    def status(self) -> tuple[int, int, int, int, int]:
-        """(base address, size, output offset, output length, error block)."""
+    def status(self) -> tuple[int, int, int, int, int, int]:
+        """(base address, size, output offset, output length, error block, grow refused)."""
         base = _memory_addr(self._ctx, self._mref) or 0
         size = int(_memory_size(self._ctx, self._mref))
-        out_off, out_len, err_off = _STATUS.unpack(ctypes.string_at(base, _STATUS.size))
-        return base, size, out_off, out_len, err_off
+        out_off, out_len, err_off, full = _STATUS.unpack(ctypes.string_at(base, _STATUS.size))
+        return base, size, out_off, out_len, err_off, full
 
     def put(self, offset: int, data: bytes) -> None:
         """Copy ``data`` to a block the kernel just allocated (so known to be in range)."""
@@ -312,8 +312,10 @@ class ExtismInstance:
     def _leave(self, st: CallState) -> None:
         host.leave()
         _tls.inst = None
-        if self._wasi_out is not None and not self._wasi_out.drain(st.logs):
-            self.broken = True  # too much WASI output: retire the instance
+        if self._wasi_out is not None:  # WASI output becomes log lines (with the log grant)
+            sink = st.logs if self.rt.env.grants.granted("log") else []
+            if not self._wasi_out.drain(sink):
+                self.broken = True  # too much output: retire the instance
         self.logs = st.logs
 
     def call(self, fn: str, data: bytes, meta: CallMeta) -> Invocation:
@@ -333,7 +335,7 @@ class ExtismInstance:
                     raise OutOfMemory(f"no room for {n} bytes of input in the block memory")
                 self.kmem.put(in_off, data)
             rc = handler.call_v_i()
-            base, size, out_off, out_len, err_off = self.kmem.status()
+            base, size, out_off, out_len, err_off, _ = self.kmem.status()
             if err_off or rc:
                 error = PluginError(self._error_message(fn, err_off, rc))
             elif out_len > self.rt.limits.max_output_bytes:
@@ -399,16 +401,19 @@ class ExtismInstance:
             return Timeout(f"fuel budget of {self._fuel} exhausted")
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return Trap("stack overflow")
+        try:
+            _, _, _, _, err_off, kernel_full = self.kmem.status()
+        except ForgeError:
+            err_off = kernel_full = 0
         ceiling = self.rt.limits.memory_bytes
-        for mem in (self.kmem, self.guest_memory):
-            if mem is not None and mem.size() + WASM_PAGE > ceiling:
-                return OutOfMemory(
-                    f"memory ceiling of {ceiling // (1024 * 1024)} MiB reached "
-                    f"({_first_line(str(e))})"
-                )
+        guest = self.guest_memory
+        if kernel_full or (guest is not None and guest.size() + WASM_PAGE > ceiling):
+            which = "block memory" if kernel_full else "memory"
+            return OutOfMemory(
+                f"{which} ceiling of {ceiling // (1024 * 1024)} MiB reached ({_first_line(str(e))})"
+            )
         message = _first_line(str(e))
         try:  # a PDK often records why before it traps (a Rust panic, an AssemblyScript abort)
-            err_off = self.kmem.status()[4]
             said = self.block(err_off, "error message", 512) if err_off else b""
         except (ForgeError, GuestTrap):
             said = b""

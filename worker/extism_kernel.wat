@@ -16,6 +16,7 @@
 ;; Layout of the memory:
 ;;   [0, 64)        status, written only by this module, read by the host after a call:
 ;;                    0: u64 output offset   8: u64 output length   16: u64 error block
+;;                   24: u64 1 once the memory could not grow (the ceiling was reached)
 ;;   [64, top)      blocks, each a 16-byte header followed by its data:
 ;;                    h+0: u32 tag (USED or FREE)   h+4: u32 capacity (multiple of 8)
 ;;                    h+8: u64 length as requested  h+16: data (the block's offset)
@@ -53,12 +54,16 @@
     (local $have i64)
     (local.set $have (i64.shl (i64.extend_i32_u (memory.size)) (i64.const 16)))
     (if (i64.le_u (local.get $end) (local.get $have)) (then (return (i32.const 1))))
-    (i32.ne
-      (memory.grow
-        (i32.wrap_i64
-          (i64.shr_u (i64.add (i64.sub (local.get $end) (local.get $have)) (i64.const 0xffff))
-                     (i64.const 16))))
-      (i32.const -1)))
+    (if (i32.eq
+          (memory.grow
+            (i32.wrap_i64
+              (i64.shr_u (i64.add (i64.sub (local.get $end) (local.get $have)) (i64.const 0xffff))
+                         (i64.const 16))))
+          (i32.const -1))
+      (then
+        (i64.store (i32.const 24) (i64.const 1))
+        (return (i32.const 0))))
+    (i32.const 1))
 
   ;; First fit among free blocks, merging runs of free neighbours as it walks.
   ;; Returns the header of a block of at least $cap bytes, now USED, or 0.
@@ -220,6 +225,7 @@
     (i64.store (i32.const 0) (i64.const 0))
     (i64.store (i32.const 8) (i64.const 0))
     (i64.store (i32.const 16) (i64.const 0))
+    (i64.store (i32.const 24) (i64.const 0))
     (global.set $in_off (call $alloc (local.get $n)))
     (global.set $in_len
       (select (local.get $n) (i64.const 0) (i64.ne (global.get $in_off) (i64.const 0))))

@@ -521,7 +521,7 @@ def restrict_wasi(linker: wasmtime.Linker, permissions: list[str]) -> None:
     and randomness need the same grants as forge.now and forge.random. Call it right
     after ``linker.define_wasi()``.
     """
-    linker.allow_shadowing(True)
+    linker.allow_shadowing = True
     i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
     stubs = {"poll_oneoff": [i32, i32, i32, i32], "sched_yield": []}
     if not any(p.startswith("clock") for p in permissions):
@@ -532,7 +532,7 @@ def restrict_wasi(linker: wasmtime.Linker, permissions: list[str]) -> None:
         linker.define_func(
             "wasi_snapshot_preview1", name, wasmtime.FuncType(params, [i32]), _wasi_nosys
         )
-    linker.allow_shadowing(False)
+    linker.allow_shadowing = False
 
 
 def wasi_config(grants: Grants, output: WasiOutput) -> wasmtime.WasiConfig:
