@@ -10,7 +10,6 @@ environment variables only as the plugin's grants allow.
 
 from __future__ import annotations
 
-import os
 import time
 
 import wasmtime
@@ -36,13 +35,6 @@ from .runtime import CallLimits, Invocation, engine_settings_for
 WASM_PAGE = 65536
 #: Deadline for instantiation (start function) plus ``init``, and for ``shutdown``.
 LIFECYCLE_TIMEOUT_S = 5.0
-
-
-WASI_ENOSYS = 52
-
-
-def _wasi_nosys(*_args: int) -> int:
-    return WASI_ENOSYS
 
 
 def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasmtime.FuncType:
@@ -80,7 +72,7 @@ class ForgeV1Runtime:
         )
         if self.uses_wasi:
             linker.define_wasi()
-            self._restrict_wasi(linker)
+            host.restrict_wasi(linker, manifest.permissions)
         self.pre = linker.instantiate_pre(module)
         exported = {e.name for e in module.exports}
         self.has_initialize = "_initialize" in exported
@@ -88,42 +80,8 @@ class ForgeV1Runtime:
         self.has_init = "init" in exported
         self.has_shutdown = "shutdown" in exported
 
-    def _restrict_wasi(self, linker: wasmtime.Linker) -> None:
-        """Take away WASI calls that would escape a grant or the deadline.
-
-        ``poll_oneoff`` sleeps in the host, where epoch interruption cannot stop it; clocks
-        and randomness need the same grants as forge.now and forge.random.
-        """
-        linker.allow_shadowing = True
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        stubs = {"poll_oneoff": [i32, i32, i32, i32], "sched_yield": []}
-        if not any(p.startswith("clock") for p in self.manifest.permissions):
-            stubs.update(clock_time_get=[i32, i64, i32], clock_res_get=[i32, i32])
-        if "random" not in self.manifest.permissions:
-            stubs["random_get"] = [i32, i32]
-        for name, params in stubs.items():
-            linker.define_func(WASI_MODULE, name, wasmtime.FuncType(params, [i32]), _wasi_nosys)
-        linker.allow_shadowing = False
-
     def new_instance(self) -> ForgeV1Instance:
         return ForgeV1Instance(self)
-
-    def wasi_config(self, output: host.WasiOutput) -> wasmtime.WasiConfig:
-        """WASI with nothing granted but output: no args, no env, no preopens unless granted."""
-        cfg = wasmtime.WasiConfig()
-        cfg.stdout_file = output.stdout_path
-        cfg.stderr_file = output.stderr_path
-        env = [
-            (p.arg, os.environ[p.arg])
-            for p in self.env.grants.granted("env")
-            if p.arg in os.environ
-        ]
-        if env:
-            cfg.env = env
-        for p in self.env.grants.granted("fs"):
-            if os.path.isdir(p.arg):
-                cfg.preopen_dir(p.arg, p.arg, fs_mutable=not p.read_only)
-        return cfg
 
 
 class ForgeV1Instance:
@@ -144,7 +102,7 @@ class ForgeV1Instance:
         self._wasi_out: host.WasiOutput | None = None
         if rt.uses_wasi:
             self._wasi_out = host.WasiOutput()
-            store.set_wasi(rt.wasi_config(self._wasi_out))
+            store.set_wasi(host.wasi_config(rt.env.grants, self._wasi_out))
         self.store = store
         self._fuel = rt.limits.fuel
         self._arm(LIFECYCLE_TIMEOUT_S)
