@@ -166,6 +166,12 @@ class Sample:
     p50_us: float
     p99_us: float
     mean_us: float
+    server_cpu_us: float = math.nan
+    """CPU time (user + system, all threads) of the serving process per completed call."""
+    nats_cpu_us: float = math.nan
+    """CPU time of nats-server per completed call."""
+    client_cpu_us: float = math.nan
+    """CPU time of this (driving) process per completed call."""
 
 
 def summarize(samples: list[Sample]) -> dict[str, float]:
@@ -174,7 +180,38 @@ def summarize(samples: list[Sample]) -> dict[str, float]:
         "p50_us": median([s.p50_us for s in samples]),
         "p99_us": median([s.p99_us for s in samples]),
         "errors": sum(s.errors for s in samples),
+        "server_cpu_us": median([s.server_cpu_us for s in samples]),
+        "nats_cpu_us": median([s.nats_cpu_us for s in samples]),
+        "client_cpu_us": median([s.client_cpu_us for s in samples]),
     }
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+async def measure(
+    call: Callable[[], Awaitable[None]],
+    window: int,
+    count: int,
+    max_seconds: float,
+    server_pid: int,
+    nats_pid: int,
+) -> Sample:
+    """:func:`drive`, plus the CPU each process spent per call (robust to a noisy machine)."""
+    pids = (server_pid, nats_pid, os.getpid())
+    before = [cpu_seconds(p) for p in pids]
+    s = await drive(call, window, count, max_seconds)
+    used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+    if s.calls:
+        s.server_cpu_us, s.nats_cpu_us, s.client_cpu_us = (u / s.calls * 1e6 for u in used)
+    return s
 
 
 async def drive(
@@ -788,15 +825,21 @@ async def section_transport(
         client = await cluster.client()
         nc = client.nc
         targets: dict[str, Caller] = {}
+        pids: dict[str, int] = {}  # the process serving each target
+        nats_pid = cluster.nats.proc.pid if cluster.nats.proc else os.getpid()
+        if worker is not None:
+            pids.update({t: worker.popen.pid for t in ("fast", "fast-raw", "durable")})
         if "echo" in wanted:
             children.append(
                 spawn_child("echo-server", ["--serve-echo", cluster.url], root / "echo.log")
             )
+            pids["echo"] = children[-1].popen.pid
             targets["echo"] = request_caller(nc, ECHO_SUBJECT)
         if "jetstream" in wanted:
             children.append(
                 spawn_child("jetstream-server", ["--serve-jetstream", cluster.url], root / "js.log")
             )
+            pids["jetstream"] = children[-1].popen.pid
             bare = ReplyRouter(lambda m: m.subject.rsplit(".", 1)[-1])
             await bare.subscribe(nc, "bench.replies.*")
             targets["jetstream"] = bare_js_caller(nc, bare)
@@ -823,12 +866,16 @@ async def section_transport(
             for window in WINDOWS:
                 for size in PAYLOADS:
                     for name, make in targets.items():
-                        s = await drive(make(size), window, cfg.count, cfg.max_seconds)
+                        s = await measure(
+                            make(size), window, cfg.count, cfg.max_seconds, pids[name], nats_pid
+                        )
                         samples[name][transport_key(window, size)].append(s)
                         log(
                             f"  rep {rep + 1}/{cfg.repeats} {name:9} window {window:3} "
                             f"payload {size:5}: {s.rate:8.0f} calls/s p50 {s.p50_us:8.0f} us "
-                            f"p99 {s.p99_us:8.0f} us" + (f" ERRORS {s.errors}" if s.errors else "")
+                            f"p99 {s.p99_us:8.0f} us; CPU/call server {s.server_cpu_us:5.0f} "
+                            f"nats {s.nats_cpu_us:4.0f} client {s.client_cpu_us:4.0f} us"
+                            + (f" ERRORS {s.errors}" if s.errors else "")
                         )
         out: dict[str, Any] = {}
         for name, by_key in samples.items():
@@ -1386,12 +1433,33 @@ def render(report: dict[str, Any]) -> str:
                             num(med["rate"]),
                             num(med["p50_us"]),
                             num(med["p99_us"]),
+                            num(med.get("server_cpu_us", math.nan)),
+                            num(med.get("nats_cpu_us", math.nan)),
+                            num(med.get("client_cpu_us", math.nan)),
                             str(int(med["errors"])),
                         ]
                     )
-        out += ["", "transport (one client connection, nats-py on uvloop)"]
+        out += [
+            "",
+            "transport (one client connection, nats-py on uvloop; CPU = user+system time "
+            "per call of the serving process, nats-server and the driving client)",
+        ]
         out.append(
-            table(["target", "window", "payload", "calls/s", "p50 us", "p99 us", "errors"], rows)
+            table(
+                [
+                    "target",
+                    "window",
+                    "payload",
+                    "calls/s",
+                    "p50 us",
+                    "p99 us",
+                    "srv CPU us",
+                    "nats CPU us",
+                    "cli CPU us",
+                    "errors",
+                ],
+                rows,
+            )
         )
     cpu = sections.get("cpu")
     if isinstance(cpu, dict) and "ratio" in cpu:

@@ -59,6 +59,7 @@ from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import JobSettings
 from .triggers_admin import TriggerAdmin
+from .versions_admin import VersionAdmin
 
 log = logging.getLogger("forge.coordinator.admin")
 
@@ -107,6 +108,8 @@ class AdminService:
             "policy_delete": self._policy_delete,
             "policy_list": self._policy_list,
         }
+        self.versions = VersionAdmin(nc, subjects, kv, packages, policy, registry, jobs, replicas)
+        self._handlers.update(self.versions.handlers())
         self._requests = dict(ADMIN_REQUESTS)
         if triggers is not None:
             self._requests.update(TRIGGER_REQUESTS)
@@ -201,6 +204,8 @@ class AdminService:
         await ensure_jobs_consumer(
             self.nc.jetstream(), self.subjects, m.name, self.jobs, self.replicas
         )
+        if msg.canary:  # beside the deployed versions at weight 0 (coordinator/versions.py)
+            return await self.versions.stage(record.versions[0], msg.config)
         revision = await self.kv.put(m.name, encode(record))
         log.info(
             "event=deployed plugin=%s version=%s digest=%s key=%s revision=%d",

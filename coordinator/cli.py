@@ -19,7 +19,7 @@ import uvloop
 from schemas.codec import DecodeError, from_obj, to_obj
 from schemas.errors import ForgeError, PackageRejected
 from schemas.manifest import Manifest
-from schemas.package import build_package, verify_package
+from schemas.package import build_package, package_digest, verify_package
 from schemas.signing import (
     TrustStore,
     generate_key,
@@ -30,6 +30,8 @@ from schemas.signing import (
 
 from .auth import add_auth_commands
 from .cli_ops import add_ops_commands
+from .cli_triggers import add_trigger_commands
+from .cli_versions import add_version_commands, deploy_line, record_line, weights_text
 from .client import ForgeClient
 from .extism_manifest import add_extism_pack_arguments, cmd_pack_extism
 from .settings import CoordinatorSettings, JobSettings, env_default
@@ -118,12 +120,8 @@ def cmd_deploy(a: argparse.Namespace) -> Awaitable[int]:
     config = dict(_pairs(a.config, "--config"))
 
     async def body(c: ForgeClient) -> int:
-        reply = await c.deploy(data, config)
-        v = reply.record.active()
-        print(
-            f"deployed {reply.record.plugin}@{v.version} digest={v.digest[:16]} "
-            f"revision={reply.revision}"
-        )
+        reply = await c.deploy(data, config, canary=a.canary)
+        print(deploy_line(reply, package_digest(data), a.canary))
         return 0
 
     return _with_client(a, body)
@@ -131,6 +129,10 @@ def cmd_deploy(a: argparse.Namespace) -> Awaitable[int]:
 
 async def cmd_undeploy(a: argparse.Namespace) -> int:
     async def body(c: ForgeClient) -> int:
+        if a.version:  # one version that takes no traffic; the others stay
+            reply = await c.undeploy_version(a.plugin, a.version)
+            print(f"undeployed {a.plugin}@{a.version}; {record_line(reply)}")
+            return 0
         await c.undeploy(a.plugin)
         print(f"undeployed {a.plugin}")
         return 0
@@ -148,8 +150,9 @@ async def cmd_list(a: argparse.Namespace) -> int:
             print("no plugins deployed")
         for p in plugins:
             v = p.record.active()
+            versions = weights_text(p.record) if len(p.record.versions) > 1 else v.version
             print(
-                f"{p.record.plugin:<20} {v.version:<10} ready on {len(p.ready_workers)} "
+                f"{p.record.plugin:<20} {versions:<10} ready on {len(p.ready_workers)} "
                 f"worker(s)  fns: {', '.join(v.manifest.exports)}"
             )
             for w, err in p.failed_workers.items():
@@ -251,6 +254,28 @@ async def cmd_jobs(a: argparse.Namespace) -> int:
         return 0
 
     return await _with_client(a, body)
+
+
+def cmd_new(a: argparse.Namespace) -> int:
+    from .scaffold import scaffold
+
+    try:
+        root = scaffold(a.name, a.lang, Path(a.dir))
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        return _fail(str(e))
+    print(
+        f"created {root}: `python {root / 'build.py'}` builds it, "
+        f"`python -m pytest {root}` tests it"
+    )
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """Hand over to the worker's local runner in its own process (the worker package is
+    not imported here: coordinator and worker stay apart)."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "worker.run_local", *a.rest])
 
 
 def cmd_coordinator(a: argparse.Namespace) -> int:
@@ -356,11 +381,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = bus(sub.add_parser("deploy", help="upload and deploy a package"))
     s.add_argument("package")
     s.add_argument("--config", action="append", default=[], help="deployment config k=v")
+    s.add_argument(
+        "--canary",
+        action="store_true",
+        help="add it beside the deployed versions at weight 0 (then `forgeone rollout`)",
+    )
     s.set_defaults(func=cmd_deploy)
 
     s = bus(sub.add_parser("undeploy", help="remove a plugin's deployment"))
     s.add_argument("plugin")
+    s.add_argument("--version", help="remove only this version (it must take no traffic)")
     s.set_defaults(func=cmd_undeploy)
+
+    s = sub.add_parser("new", help="scaffold a plugin project with a build script and a test")
+    s.add_argument("name")
+    s.add_argument("--lang", choices=["wat", "c", "assemblyscript"], default="wat")
+    s.add_argument("--dir", default=".", help="parent folder of the new project")
+    s.set_defaults(func=cmd_new)
+
+    s = sub.add_parser(
+        "run", add_help=False, help="run a plugin locally through the worker's runtime (no cluster)"
+    )
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_run)
 
     s = bus(sub.add_parser("list", help="deployed plugins and where they run"))
     s.add_argument("--json", action="store_true")
@@ -433,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_coordinator)
 
     add_ops_commands(sub, bus, _with_client)
+    add_trigger_commands(sub, bus, _with_client)
+    add_version_commands(sub, bus, _with_client)
     add_auth_commands(sub, bus)
 
     s = sub.add_parser("dev", help="run a local cluster: NATS, coordinator, workers, examples")

@@ -38,6 +38,7 @@ from schemas.messages import (
     DeployRequest,
     ErrorReply,
     Heartbeat,
+    HistoryEntry,
     InvokeRequest,
     JobResult,
     ListReply,
@@ -60,6 +61,7 @@ from schemas.triggers import TriggerReply, TriggerSpec, TriggerStatus
 from .connection import connect
 from .jobs_client import Jobs, JobStats
 from .triggers_admin import TriggerClient
+from .versions_admin import VersionsClient
 
 #: Extra time the client waits beyond the call's own deadline, so that the
 #: worker's TIMEOUT reply (rather than silence) is what the caller sees.
@@ -77,6 +79,7 @@ class ForgeClient:
         self._kv: KeyValue | None = None
         self._jobs = Jobs(nc, self.subjects)
         self._triggers = TriggerClient(self._admin)
+        self._versions = VersionsClient(self._admin)
 
     @classmethod
     async def connect(
@@ -240,15 +243,39 @@ class ForgeClient:
         await obj.put(digest, package)
         return digest
 
-    async def deploy(self, package: bytes, config: dict[str, str] | None = None) -> DeployReply:
-        """Upload a signed package and deploy it; raises PackageRejected with the reason."""
+    async def deploy(
+        self, package: bytes, config: dict[str, str] | None = None, canary: bool = False
+    ) -> DeployReply:
+        """Upload a signed package and deploy it; raises PackageRejected with the reason.
+
+        ``canary``: add it beside the deployed versions at weight 0 (workers load and warm
+        it; only calls that pin it reach it) instead of replacing them; see :meth:`rollout`.
+        """
         digest = await self.upload(package)
-        reply = await self._admin("deploy", DeployRequest(digest, config or {}), DeployReply)
+        request = DeployRequest(digest, config or {}, canary)
+        reply = await self._admin("deploy", request, DeployReply)
         assert isinstance(reply, DeployReply)
         return reply
 
     async def undeploy(self, plugin: str) -> None:
         await self._admin("undeploy", UndeployRequest(plugin), UndeployReply)
+
+    # --- versions -----------------------------------------------------------------------
+    async def rollout(self, plugin: str, version: str, weight: int) -> DeployReply:
+        """Send ``weight`` percent of ``plugin``'s unpinned calls to ``version``."""
+        return await self._versions.rollout(plugin, version, weight)
+
+    async def undeploy_version(self, plugin: str, version: str) -> DeployReply:
+        """Remove one version that takes no traffic (weight 0)."""
+        return await self._versions.undeploy_version(plugin, version)
+
+    async def history(self, plugin: str) -> list[HistoryEntry]:
+        """Earlier records of ``plugin`` in the deployments bucket, oldest first."""
+        return await self._versions.history(plugin)
+
+    async def rollback(self, plugin: str, to_version: str = "", revision: int = 0) -> DeployReply:
+        """Put an earlier record again (by default the one before the current)."""
+        return await self._versions.rollback(plugin, to_version, revision)
 
     async def plugins(self) -> list[PluginStatus]:
         """Every deployment, with the workers that have it ready."""

@@ -14,6 +14,7 @@ from . import metrics
 from .admin import AdminService
 from .buckets import ensure_buckets, ensure_job_streams, ensure_triggers
 from .connection import connect
+from .jobs_client import Jobs
 from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import CoordinatorSettings
@@ -74,8 +75,15 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
                 metrics.PLUGINS_DEPLOYED.set(0)
             except Exception as e:
                 log.debug("event=gauge_update_failed error=%r", e)
+            try:  # job queue depth per plugin, from the jobs consumers' info
+                metrics.set_job_queues(
+                    {s.plugin: (s.pending, s.in_flight) for s in await jobs.stats()}
+                )
+            except Exception as e:
+                log.debug("event=job_gauges_failed error=%r", e)
             await asyncio.sleep(2.0)  # gauge refresh period
 
+    jobs = Jobs(nc, subjects)
     task = asyncio.create_task(gauges())
     await stop.wait()
     task.cancel()

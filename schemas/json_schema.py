@@ -26,6 +26,8 @@ from .messages import (
     DeployRequest,
     ErrorReply,
     Heartbeat,
+    HistoryReply,
+    HistoryRequest,
     InvokeRequest,
     JobRequest,
     JobResult,
@@ -34,8 +36,11 @@ from .messages import (
     LogEvent,
     PolicyListReply,
     PolicySetRequest,
+    RollbackRequest,
+    RolloutRequest,
     UndeployReply,
     UndeployRequest,
+    UndeployVersionRequest,
     WorkersReply,
     WorkersRequest,
 )
@@ -62,6 +67,11 @@ DOCUMENTED: tuple[type[Struct], ...] = (
     ErrorReply,
     PolicyListReply,
     PolicySetRequest,
+    RolloutRequest,
+    UndeployVersionRequest,
+    HistoryRequest,
+    HistoryReply,
+    RollbackRequest,
 )
 
 

@@ -203,6 +203,10 @@ class DeployRequest(Message):
     KIND = "deploy"
     digest: str = field_spec(pattern=SHA256_PATTERN, doc="SHA-256 of the uploaded package.")
     config: dict[str, str] = field_spec(default_factory=dict, doc="Per-deployment config.")
+    canary: bool = field_spec(
+        default=False,
+        doc="Add the version beside the deployed ones at weight 0 instead of replacing them.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +296,63 @@ class PolicyListReply(Message):
     records: dict[str, PolicyRecord] = field_spec(default_factory=dict)
 
 
+# --- versions: rollout, history, rollback ----------------------------------------------
+# rollout, rollback and undeploy_version reply with DeployReply (the record now in the bucket).
+@dataclass(frozen=True, slots=True)
+class RolloutRequest(Message):
+    """Give ``version`` ``weight`` percent of the calls; the other versions share the rest."""
+
+    KIND = "rollout"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+    version: str = field_spec(pattern=VERSION_PATTERN)
+    weight: int = field_spec(ge=0, le=100, doc="Percent of unpinned calls.")
+
+
+@dataclass(frozen=True, slots=True)
+class UndeployVersionRequest(Message):
+    """Remove one version that takes no traffic (weight 0) from a plugin's deployment."""
+
+    KIND = "undeploy_version"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+    version: str = field_spec(pattern=VERSION_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest(Message):
+    KIND = "history"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry(Struct):
+    """One revision of a plugin's key in the deployments bucket."""
+
+    revision: int = field_spec(ge=0, doc="KV revision.")
+    at_ms: int = field_spec(default=0, ge=0, doc="When it was written, Unix ms.")
+    record: DeploymentRecord | None = field_spec(default=None, doc="None: undeployed here.")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply(Message):
+    KIND = "history_list"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+    entries: list[HistoryEntry] = field_spec(default_factory=list, doc="Oldest first.")
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRequest(Message):
+    """Put an earlier record from the plugin's history again; nothing is uploaded."""
+
+    KIND = "rollback"
+    plugin: str = field_spec(pattern=NAME_PATTERN)
+    to_version: str = field_spec(
+        default="",
+        max_len=64,
+        doc="The latest record in which this version took all calls; empty: the previous one.",
+    )
+    revision: int = field_spec(default=0, ge=0, doc="Exactly this KV revision; 0: not fixed.")
+
+
 ADMIN_REQUESTS: dict[str, type[Message]] = {
     "deploy": DeployRequest,
     "undeploy": UndeployRequest,
@@ -300,6 +361,10 @@ ADMIN_REQUESTS: dict[str, type[Message]] = {
     "policy_set": PolicySetRequest,
     "policy_delete": PolicyDeleteRequest,
     "policy_list": PolicyListRequest,
+    "rollout": RolloutRequest,
+    "history": HistoryRequest,
+    "rollback": RollbackRequest,
+    "undeploy_version": UndeployVersionRequest,
 }
 
 __all__ = [
@@ -319,6 +384,9 @@ __all__ = [
     "ErrorInfo",
     "ErrorReply",
     "Heartbeat",
+    "HistoryEntry",
+    "HistoryReply",
+    "HistoryRequest",
     "InvokeRequest",
     "JobRequest",
     "JobResult",
@@ -331,8 +399,11 @@ __all__ = [
     "PolicyListReply",
     "PolicyListRequest",
     "PolicySetRequest",
+    "RollbackRequest",
+    "RolloutRequest",
     "UndeployReply",
     "UndeployRequest",
+    "UndeployVersionRequest",
     "VersionEntry",
     "WorkersReply",
     "WorkersRequest",

@@ -106,6 +106,36 @@ def render_output(template: str, subject: str) -> str:
         raise BadRequest(str(e)) from None
 
 
+class OutputTemplate:
+    """An output template split once, rendered per event without regular expressions."""
+
+    def __init__(self, template: str) -> None:
+        check_template(template)
+        self.template = template
+        self._parts: list[str | int] = []
+        pos = 0
+        for m in _PLACEHOLDER.finditer(template):
+            if m.start() > pos:
+                self._parts.append(template[pos : m.start()])
+            self._parts.append(int(m.group(1)))
+            pos = m.end()
+        if pos < len(template):
+            self._parts.append(template[pos:])
+        self._highest = max((p for p in self._parts if isinstance(p, int)), default=0)
+
+    def render(self, subject: str) -> str:
+        """As :func:`render_output` (BadRequest if the subject lacks a token)."""
+        if not self._highest:
+            return self.template
+        tokens = subject.split(".")
+        if self._highest > len(tokens):
+            return render_output(self.template, subject)  # raises, naming the token
+        out = "".join(p if isinstance(p, str) else tokens[p - 1] for p in self._parts)
+        if "*" in out or ">" in out or ".." in out or out.startswith(".") or out.endswith("."):
+            return render_output(self.template, subject)  # raises with the reason
+        return out
+
+
 def order_key(subject: str, index: int) -> str:
     """The ordering key of an event: token ``index`` (1-based) of its subject, or ''."""
     tokens = subject.split(".")

@@ -43,6 +43,10 @@ PERMANENT = frozenset(
 FETCH_ERROR_PAUSE_S = 0.5
 
 
+class PullRefusedError(Exception):
+    """The server answered a pull request with an error status."""
+
+
 class Fetcher(Protocol):
     async def fetch(self, batch: int = 1, timeout: float | None = 5) -> list[Msg]: ...
 
@@ -145,11 +149,16 @@ class PinnedPull:
                     self.pin = pin
                 msgs.append(msg)
                 continue
-            if status == "423":  # the pin moved to another client: ask for a new one
-                self.pin = None
             if status == "100":  # idle heartbeat
                 continue
-            break  # 404 no messages, 408 request expired, 409 and the like: this request is over
+            if status == "423":  # the pin moved to another client: ask for a new one
+                self.pin = None
+            elif status not in ("404", "408") and not msgs:
+                # e.g. 409 consumer deleted or leadership change, 503 no JetStream: an error,
+                # so that the caller backs off instead of pulling again at once
+                description = (msg.headers or {}).get("Description", "")
+                raise PullRefusedError(f"pull refused: {status} {description}".strip())
+            break  # 408 request expired (or 404): this request is over
         if not msgs:
             raise nats.errors.TimeoutError
         return msgs

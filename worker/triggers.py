@@ -57,13 +57,13 @@ from schemas.triggers import (
     HEADER_SOURCE_SUBJECT,
     HEADER_STREAM_SEQ,
     HEADER_TRIGGER,
+    OutputTemplate,
     SourceKind,
     TriggerCounters,
     TriggerDeadLetter,
     TriggerSpec,
     TriggerStats,
     order_key,
-    render_output,
 )
 
 from . import metrics
@@ -180,6 +180,7 @@ class _StreamIndex:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._patterns: list[str] = []
+        self._known: dict[str, bool] = {}
         self._at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -188,7 +189,13 @@ class _StreamIndex:
             async with self._lock:
                 if time.monotonic() - self._at > STREAM_INDEX_TTL_S:
                     await self._refresh()
-        return any(subject_matches(p, subject) for p in self._patterns)
+        known = self._known.get(subject)
+        if known is None:
+            known = any(subject_matches(p, subject) for p in self._patterns)
+            if len(self._known) >= 65536:
+                self._known.clear()
+            self._known[subject] = known
+        return known
 
     async def _refresh(self) -> None:
         try:
@@ -198,7 +205,26 @@ class _StreamIndex:
             self._at = time.monotonic() - STREAM_INDEX_TTL_S + 1.0
             return
         self._patterns = [s for i in infos for s in (i.config.subjects or [])]
+        self._known = {}
         self._at = time.monotonic()
+
+
+class _Metrics:
+    """One trigger's metric series, with the label lookups done once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seconds = TRIGGER_SECONDS.labels(name)
+        self.in_flight = TRIGGER_IN_FLIGHT.labels(name)
+        self.pending = TRIGGER_PENDING.labels(name)
+        self.dead = TRIGGER_DEAD_LETTERED.labels(name)
+        self._outcomes: dict[str, Counter] = {}
+
+    def outcome(self, outcome: str) -> Counter:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = TRIGGER_EVENTS.labels(self.name, outcome)
+        return child
 
 
 @dataclass(eq=False)
@@ -220,6 +246,10 @@ class _Binding:
     queues: dict[str, deque[Msg]] = field(default_factory=dict)
     """Ordered triggers: events waiting behind a busy key."""
     freed: asyncio.Event = field(default_factory=asyncio.Event)
+    refill_at: int = 1
+    """Pull again once this many events can be taken (a quarter of the limit)."""
+    template: OutputTemplate | None = None
+    metrics: _Metrics | None = None
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
@@ -259,6 +289,7 @@ class TriggerRunner:
         self._hosting: set[str] = set()
         self._bound: dict[str, _Binding] = {}
         self._counters: dict[str, _Counters] = {}
+        self._metrics: dict[str, _Metrics] = {}
         self._dirty: set[str] = set()
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._streams = _StreamIndex(self.js)
@@ -397,6 +428,9 @@ class TriggerRunner:
         else:
             limit = spec.max_in_flight
         b = _Binding(spec, counters, limit, asyncio.Semaphore(spec.max_in_flight))
+        b.refill_at = max(1, limit // 4)
+        b.template = OutputTemplate(spec.output) if spec.output else None
+        b.metrics = self._metrics.setdefault(spec.name, _Metrics(spec.name))
         if spec.source is SourceKind.SUBJECT:
 
             async def on_msg(msg: Msg) -> None:
@@ -444,7 +478,8 @@ class TriggerRunner:
         if b.ticker is not None:
             b.ticker.cancel()
         b.counters.in_flight = 0
-        TRIGGER_IN_FLIGHT.labels(b.spec.name).set(0)
+        if b.metrics is not None:
+            b.metrics.in_flight.set(0)
         log.info("event=trigger_unbound trigger=%s", b.spec.name)
 
     # --- stream sources ---------------------------------------------------------------------
@@ -458,11 +493,12 @@ class TriggerRunner:
             await fetcher.start()
         else:
             fetcher, _, _ = await bind_pull(self.js, spec.stream, durable, what)
-        pending = TRIGGER_PENDING.labels(spec.name)
+        assert b.metrics is not None
+        pending, in_flight = b.metrics.pending, b.metrics.in_flight
         try:
             while True:
                 free = b.limit - len(b.held)
-                if free <= 0:
+                if free < b.refill_at:  # fetch in batches, not one event per round trip
                     b.freed.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(b.freed.wait(), FETCH_WAIT_S)
@@ -478,7 +514,7 @@ class TriggerRunner:
                         self._enqueue_ordered(b, msg)
                     else:
                         b.spawn(self._stream_event(b, msg))
-                TRIGGER_IN_FLIGHT.labels(spec.name).set(len(b.held))
+                in_flight.set(len(b.held))
         finally:
             with contextlib.suppress(Exception):
                 await fetcher.unsubscribe()
@@ -497,9 +533,9 @@ class TriggerRunner:
         """One delivery of an unordered stream trigger: ack, retry later (nak) or dead-letter."""
         spec = b.spec
         try:
-            attempt = msg.metadata.num_delivered
-            async with b.running:
-                err = await self._attempt(b, msg)
+            md = msg.metadata
+            attempt = md.num_delivered
+            err = await self._attempt(b, msg, md.sequence.stream)  # b.limit bounds these
             if err is None:
                 await msg.ack()
                 self._finished(b, "ok")
@@ -543,10 +579,11 @@ class TriggerRunner:
         handled or dead-lettered; acked either way."""
         spec = b.spec
         try:
-            attempt = msg.metadata.num_delivered
+            md = msg.metadata
+            attempt = md.num_delivered
             while True:
                 async with b.running:
-                    err = await self._attempt(b, msg)
+                    err = await self._attempt(b, msg, md.sequence.stream)
                 if err is None:
                     await msg.ack()
                     self._finished(b, "ok")
@@ -573,7 +610,7 @@ class TriggerRunner:
         a failure without a reply goes to the dead letter."""
         try:
             b.counters.in_flight += 1
-            err = await self._attempt(b, msg)
+            err = await self._attempt(b, msg, 0)
             if err is None:
                 self._finished(b, "ok")
             elif msg.reply:
@@ -594,21 +631,20 @@ class TriggerRunner:
             b.running.release()
 
     # --- one attempt -----------------------------------------------------------------------------
-    async def _attempt(self, b: _Binding, msg: Msg) -> ForgeError | None:
+    async def _attempt(self, b: _Binding, msg: Msg, stream_seq: int) -> ForgeError | None:
         """Run the function on the event and publish its output; the error, or None."""
         spec = b.spec
         b.counters.events += 1
         started = time.perf_counter()
         try:
             output, version = await self._run_guest(spec, msg)
-            stream_seq = 0 if spec.source is SourceKind.SUBJECT else msg.metadata.sequence.stream
-            if spec.output or (spec.source is SourceKind.SUBJECT and msg.reply):
+            if b.template is not None or (spec.source is SourceKind.SUBJECT and msg.reply):
                 headers = self._output_headers(spec, msg, version, stream_seq)
-                if spec.output:
+                if b.template is not None:
                     msg_id = (
                         f"trigger:{spec.name}:{spec.stream}:{stream_seq}" if stream_seq else None
                     )
-                    subject = render_output(spec.output, msg.subject)
+                    subject = b.template.render(msg.subject)
                     await self._publish(subject, output, headers, msg_id)
                 if spec.source is SourceKind.SUBJECT and msg.reply:
                     await self.nc.publish(msg.reply, output, headers=headers)
@@ -620,7 +656,8 @@ class TriggerRunner:
         except Exception as e:  # publishing failed: the bus, or an output stream refusing it
             err = Unavailable(f"publishing the output failed: {type(e).__name__}: {e}")
         finally:
-            TRIGGER_SECONDS.labels(spec.name).observe(time.perf_counter() - started)
+            if b.metrics is not None:
+                b.metrics.seconds.observe(time.perf_counter() - started)
         b.counters.errors += 1
         b.counters.last_error = f"{err.code.value}: {err.message}"[:1024]
         TRIGGER_ERRORS.labels(spec.name, err.code.value).inc()
@@ -709,7 +746,8 @@ class TriggerRunner:
             msg_id = f"trigger-dlq:{spec.name}:{spec.stream}:{stream_seq}"
         await self._publish(subject, encode(letter), headers, msg_id)
         b.counters.dead_lettered += 1
-        TRIGGER_DEAD_LETTERED.labels(spec.name).inc()
+        if b.metrics is not None:
+            b.metrics.dead.inc()
         log.warning(
             "event=trigger_dead_lettered trigger=%s subject=%s seq=%d attempts=%d error=%s",
             spec.name,
@@ -722,8 +760,9 @@ class TriggerRunner:
     def _finished(self, b: _Binding, outcome: str) -> None:
         if outcome == "ok":
             b.counters.ok += 1
-        TRIGGER_EVENTS.labels(b.spec.name, outcome).inc()
-        TRIGGER_IN_FLIGHT.labels(b.spec.name).set(max(0, len(b.held) - 1))
+        if b.metrics is not None:
+            b.metrics.outcome(outcome).inc()
+            b.metrics.in_flight.set(max(0, len(b.held) - 1))
 
     # --- statistics ------------------------------------------------------------------------------
     def stats(self, stopping: bool = False) -> TriggerStats:
