@@ -315,24 +315,6 @@ async def test_version_commands(cluster: Cluster, capsys: pytest.CaptureFixture[
         await client.close()
 
 
-def _cli_has_version_flags() -> bool:
-    from coordinator.cli import build_parser
-
-    choices = next(
-        a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
-    )
-    deploy, undeploy = choices["deploy"], choices["undeploy"]
-    return (
-        "--canary" in deploy._option_string_actions
-        and "--version" in undeploy._option_string_actions
-        and "rollout" in choices
-    )
-
-
-@pytest.mark.skipif(
-    not _cli_has_version_flags(),
-    reason="coordinator/cli.py does not wire deploy --canary / undeploy --version / rollout yet",
-)
 async def test_cli_canary_rollout_and_undeploy_version(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_worker("w1")
     v1, v2 = tmp_path / "echo-1.forgepkg", tmp_path / "echo-2.forgepkg"
