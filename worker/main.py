@@ -217,7 +217,12 @@ async def run(settings: WorkerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(policy.run())]
-    await policy.synced.wait()  # know the grants before loading anything
+    # know the grants before loading anything, unless told to stop first
+    synced = asyncio.create_task(policy.synced.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    synced.cancel()
+    stopping.cancel()
     tasks += [asyncio.create_task(watcher.run()), asyncio.create_task(beats.run())]
     tasks.append(asyncio.create_task(triggers.run()))
     await stop.wait()
