@@ -179,7 +179,8 @@ def scaffold(name: str, lang: str, parent: Path) -> Path:
             + "\n"
         )
         (root / "asconfig.json").write_text(
-            '{"options": {"use": ["abort=index/abort"], "runtime": "incremental"}}\n')
+            '{"options": {"use": ["abort=index/abort"], "runtime": "incremental"}}\n'
+        )
         (root / ".npmrc").write_text("omit-lockfile-registry-resolved=true\nfund=false\n")
     (root / "build.py").write_text(BUILD.format(name=name, builder=str(BUILDER)))
     slug = name.replace("-", "_")
