@@ -37,6 +37,8 @@ EXAMPLES: list[tuple[str, str, bytes]] = [
     ("hello", "greet", b"operator"),
     ("textstats", "stats", b"The quick brown fox\njumps over the lazy dog"),
     ("textstats", "validate_json", b'{"plugins": ["echo", "hello"], "ok": true}'),
+    ("counter", "incr", b"visits"),
+    ("vowels-as", "count_vowels", b"ForgeOne runs Extism plugins unmodified"),
     ("chaos", "trap", b""),
     ("chaos", "spin", b""),
 ]

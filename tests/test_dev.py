@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,5 +37,8 @@ def test_dev_cluster_deploys_and_calls_the_examples(tmp_path: Path) -> None:
     assert "hello.greet(b'operator') -> Hello, operator!" in out
     assert '"words":9' in out
     assert "chaos.spin(b'') -> TIMEOUT" in out
+    assert 'counter.incr(b\'visits\') -> {"key":"visits","count":1' in out
+    if shutil.which("npm"):  # the AssemblyScript example builds only where npm is
+        assert "vowels-as.count_vowels(" in out and '"count":' in out
     assert "stopped nats-server, coordinator and workers" in out
     assert (tmp_path / "dev" / "trust.json").exists()
