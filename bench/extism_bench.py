@@ -47,6 +47,7 @@ import wasmtime  # noqa: E402
 from schemas.policy import Caps  # noqa: E402
 from schemas.wasm_shape import read_shape  # noqa: E402
 from tests.cluster import manifest_for  # noqa: E402
+from worker.adapters import make_runtime  # noqa: E402
 from worker.compile_cache import CompileCache  # noqa: E402
 from worker.engine import Engines  # noqa: E402
 from worker.host import CallMeta, Grants, HostEnv  # noqa: E402
@@ -55,7 +56,6 @@ from worker.runtime import (  # noqa: E402
     WorkerCaps,
     effective_limits,
     engine_settings_for,
-    make_runtime,
 )
 
 KITCHEN = REPO / "tests" / "extism" / "kitchen.wat"

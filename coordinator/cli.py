@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -16,9 +15,9 @@ from typing import Any
 
 import uvloop
 
-from schemas.codec import DecodeError, from_obj, to_obj
+from schemas.codec import DecodeError, to_obj
 from schemas.errors import ForgeError, PackageRejected
-from schemas.manifest import Manifest
+from schemas.manifest import manifest_from_source
 from schemas.package import build_package, package_digest, verify_package
 from schemas.signing import (
     TrustStore,
@@ -58,13 +57,6 @@ def cmd_keygen(a: argparse.Namespace) -> int:
     return 0
 
 
-def pack_manifest(source: dict[str, Any], wasm: bytes) -> Manifest:
-    """A manifest from a plugin's source ``forge.json`` plus the module's digest."""
-    obj = {**source, "wasm_sha256": hashlib.sha256(wasm).hexdigest()}
-    obj.pop("$schema", None)
-    return from_obj(Manifest, obj)
-
-
 def cmd_pack(a: argparse.Namespace) -> int:
     if a.extism_manifest:
         return cmd_pack_extism(a)
@@ -73,7 +65,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
     try:
         source = json.loads(Path(a.manifest).read_text())
         wasm = Path(a.wasm).read_bytes()
-        manifest = pack_manifest(source, wasm)
+        manifest = manifest_from_source(source, wasm)
     except (OSError, ValueError, DecodeError) as e:
         return _fail(f"cannot pack: {e}")
     key = load_private_key(Path(a.key))

@@ -23,11 +23,11 @@ from types import ModuleType
 import uvloop
 
 from schemas.errors import ForgeError
+from schemas.manifest import manifest_from_source
 from schemas.package import build_package
 from schemas.signing import TrustStore, generate_key, key_id, load_private_key, save_private_key
 
 from .auth import CONFIG_NAME, ROLES, creds_name, init_auth
-from .cli import pack_manifest
 from .client import ForgeClient
 from .embedded_nats import MAX_PAYLOAD, NatsServer
 
@@ -73,7 +73,7 @@ def build_examples(plugins_dir: Path, out: Path, key_path: Path) -> list[Path]:
         source = json.loads((plugins_dir / name / "forge.json").read_text())
         wasm = wasm_path.read_bytes()
         pkg = out / f"{name}.forgepkg"
-        pkg.write_bytes(build_package(pack_manifest(source, wasm), wasm, key))
+        pkg.write_bytes(build_package(manifest_from_source(source, wasm), wasm, key))
         packages.append(pkg)
     return packages
 

@@ -99,3 +99,12 @@ def canonical_manifest(manifest: Manifest) -> bytes:
     return json.dumps(
         to_obj(manifest), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode()
+
+
+def manifest_from_source(source: dict[str, Any], wasm: bytes) -> Manifest:
+    """The manifest of a plugin's source ``forge.json`` plus its module's digest."""
+    import hashlib
+
+    obj = {**source, "wasm_sha256": hashlib.sha256(wasm).hexdigest()}
+    obj.pop("$schema", None)
+    return from_obj(Manifest, obj)

@@ -46,6 +46,7 @@ from schemas.package import verify_package
 from schemas.policy import Caps
 from schemas.signing import TrustStore, generate_key, save_private_key
 from tests.cluster import PLUGINS, Cluster, eventually, manifest_for
+from worker.adapters import make_runtime
 from worker.engine import Engines
 from worker.host import CallMeta, Grants, HostEnv
 from worker.runtime import (
@@ -54,7 +55,6 @@ from worker.runtime import (
     WorkerCaps,
     effective_limits,
     engine_settings_for,
-    make_runtime,
 )
 
 HERE = Path(__file__).parent / "extism"

@@ -24,12 +24,13 @@ from schemas.package import VerifiedPackage, verify_package
 from schemas.signing import TrustStore
 
 from . import metrics
+from .adapters import make_runtime
 from .compile_cache import CompileCache
 from .engine import Engines
 from .host import Grants, HostBridge, HostEnv
 from .hosted import HostedVersion
 from .policy import PolicyView
-from .runtime import WorkerCaps, effective_limits, engine_settings_for, make_runtime
+from .runtime import WorkerCaps, effective_limits, engine_settings_for
 
 log = logging.getLogger("forge.worker.loader")
 

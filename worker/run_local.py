@@ -26,11 +26,12 @@ from schemas.errors import Denied, ForgeError, PackageRejected
 from schemas.policy import Caps, missing
 from schemas.signing import TrustStore
 
+from .adapters import make_runtime
 from .compile_cache import CompileCache
 from .engine import Engines
 from .host import CallMeta, Grants, HostEnv
 from .pool import InstancePool
-from .runtime import WorkerCaps, effective_limits, engine_settings_for, make_runtime
+from .runtime import WorkerCaps, effective_limits, engine_settings_for
 
 LEVELS = {0: "DEBUG", 1: "INFO", 2: "WARN", 3: "ERROR"}
 

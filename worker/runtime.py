@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import wasmtime
-
-from schemas.manifest import ABI_EXTISM_V1, ABI_FORGE_V1, Manifest
+from schemas.manifest import Manifest
 from schemas.policy import Caps
 
-from .engine import Engines, EngineSettings
-from .host import CallMeta, HostEnv
+from .engine import EngineSettings
+from .host import CallMeta
 
 
 @dataclass(slots=True)
@@ -105,18 +103,3 @@ def effective_limits(manifest: Manifest, worker: WorkerCaps, policy: Caps) -> Ca
 
 def engine_settings_for(limits: CallLimits) -> EngineSettings:
     return EngineSettings(max_stack_kb=limits.max_stack_kb, fuel=limits.fuel is not None)
-
-
-def make_runtime(
-    engines: Engines, manifest: Manifest, module: wasmtime.Module, limits: CallLimits, env: HostEnv
-) -> PluginRuntime:
-    """The adapter for the manifest's ABI."""
-    if manifest.abi == ABI_FORGE_V1:
-        from .abi_forge import ForgeV1Runtime
-
-        return ForgeV1Runtime(engines, manifest, module, limits, env)
-    if manifest.abi == ABI_EXTISM_V1:
-        from .abi_extism import ExtismRuntime
-
-        return ExtismRuntime(engines, manifest, module, limits, env)
-    raise ValueError(f"ABI {manifest.abi!r} is not supported by this worker")
