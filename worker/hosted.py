@@ -187,6 +187,10 @@ class HostedPlugin:
 
     def pick(self, pin: str | None) -> HostedVersion:
         """The version for one call: the pinned one, or by traffic weight."""
+        if not pin and len(self.versions) == 1 and len(self.record.versions) == 1:
+            (only,) = self.versions.values()  # the common case: one version, all traffic
+            if not only.draining and self.record.versions[0].version == only.version:
+                return only
         if pin:
             v = self.versions.get(pin)
             if v is None or v.draining:

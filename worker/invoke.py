@@ -37,6 +37,8 @@ from .syscalls import SyscallBus
 
 log = logging.getLogger("forge.worker.invoke")
 
+#: Invoke subjects whose parse is remembered (cleared when full).
+PARSED_CACHE = 4096
 #: Messages a subscription may buffer before the server sees us as slow.
 PENDING_MSGS = 65536
 
@@ -62,6 +64,7 @@ class InvokeServer:
         self._subs: dict[str, Subscription] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inline_subjects: dict[str, bool] = {}
+        self._parsed: dict[str, tuple[str, str]] = {}
         self._metric_series: dict[tuple[str, str], metrics.CallSeries] = {}
         self.calls_total = 0
         self.errors_total = 0
@@ -112,7 +115,13 @@ class InvokeServer:
         plugin = fn = version = ""
         logs: list[tuple[int, str]] = []
         try:
-            plugin, fn = self.subjects.parse_invoke(msg.subject)
+            parsed = self._parsed.get(msg.subject)
+            if parsed is None:
+                parsed = self.subjects.parse_invoke(msg.subject)
+                if len(self._parsed) >= PARSED_CACHE:  # subjects come from callers: bound it
+                    self._parsed.clear()
+                self._parsed[msg.subject] = parsed
+            plugin, fn = parsed
             result, logs = await self._call(msg, plugin, fn)
             version = result.version
         except ForgeError as e:
@@ -163,7 +172,10 @@ class InvokeServer:
         if meta.depth > MAX_CALL_DEPTH:
             raise Denied(f"call nesting deeper than {MAX_CALL_DEPTH}")
         out = await hv.call(self.executor, fn, req.input, meta)
-        self._inline_subjects[msg.subject] = out.inline
+        if out.inline != self._inline_subjects.get(msg.subject):
+            if len(self._inline_subjects) >= PARSED_CACHE:
+                self._inline_subjects.clear()
+            self._inline_subjects[msg.subject] = out.inline
         if out.created_instance:
             metrics.INSTANCES_CREATED.labels(plugin, hv.version).inc()
         if out.discarded:
