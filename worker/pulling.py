@@ -79,7 +79,7 @@ async def fetch_some(fetcher: Fetcher, batch: int, wait_s: float, what: str) -> 
     """Up to ``batch`` messages within ``wait_s``; [] when there were none or the bus failed."""
     try:
         return await fetcher.fetch(batch=batch, timeout=wait_s)
-    except nats.errors.TimeoutError:
+    except TimeoutError:  # nats-py raises its own subclass, or asyncio's
         return []
     except asyncio.CancelledError:
         raise
