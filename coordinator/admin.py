@@ -199,6 +199,8 @@ class AdminService:
             versions=[VersionEntry(m.version, msg.digest, m, 100, pkg.key_id)],
             config=msg.config,
             deployed_at_ms=int(time.time() * 1000),
+            replicas=msg.replicas,
+            labels=dict(msg.labels),
         )
         # the jobs consumer exists before any worker is told to host the plugin
         await ensure_jobs_consumer(
@@ -264,7 +266,8 @@ class AdminService:
                         ready.append(w.worker_id)
                     elif lp.state == "failed":
                         failed[w.worker_id] = f"{lp.version}: {lp.error}"
-            statuses.append(PluginStatus(record, sorted(set(ready)), failed))
+            wanted = record.replicas or len(workers)
+            statuses.append(PluginStatus(record, sorted(set(ready)), failed, wanted))
         return ListReply(statuses)
 
     async def _workers(self, msg: Message) -> Message:

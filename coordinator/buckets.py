@@ -58,6 +58,7 @@ async def ensure_buckets(
             description="ForgeOne permission policy: default, plugin.<name>, key.<key id>",
         )
     )
+    await ensure_assignments(js, subjects, replicas)
     await _put_stream(
         js,
         StreamConfig(
@@ -74,6 +75,21 @@ async def ensure_buckets(
         ),
     )
     return kv, obj, policy
+
+
+async def ensure_assignments(
+    js: JetStreamContext, subjects: Subjects, replicas: int = 1
+) -> KeyValue:
+    """Placement: one key per plugin deployed with replicas > 0 (coordinator/placement.py)."""
+    return await js.create_key_value(
+        KeyValueConfig(
+            bucket=subjects.assignments_bucket,
+            history=8,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            description="ForgeOne placement: the workers that host each plugin with replicas",
+        )
+    )
 
 
 async def ensure_plugin_kv(

@@ -110,9 +110,10 @@ async def _with_client(a: argparse.Namespace, body: Callable[[ForgeClient], Awai
 def cmd_deploy(a: argparse.Namespace) -> Awaitable[int]:
     data = Path(a.package).read_bytes()
     config = dict(_pairs(a.config, "--config"))
+    labels = dict(_pairs(a.label, "--label"))
 
     async def body(c: ForgeClient) -> int:
-        reply = await c.deploy(data, config, canary=a.canary)
+        reply = await c.deploy(data, config, canary=a.canary, replicas=a.replicas, labels=labels)
         print(deploy_line(reply, package_digest(data), a.canary))
         return 0
 
@@ -143,9 +144,10 @@ async def cmd_list(a: argparse.Namespace) -> int:
         for p in plugins:
             v = p.record.active()
             versions = weights_text(p.record) if len(p.record.versions) > 1 else v.version
+            where = ", ".join(p.ready_workers) or "-"
             print(
-                f"{p.record.plugin:<20} {versions:<10} ready on {len(p.ready_workers)} "
-                f"worker(s)  fns: {', '.join(v.manifest.exports)}"
+                f"{p.record.plugin:<20} {versions:<10} ready {len(p.ready_workers)}/{p.wanted} "
+                f"on {where}  fns: {', '.join(v.manifest.exports)}"
             )
             for w, err in p.failed_workers.items():
                 print(f"    FAILED on {w}: {err}")
@@ -378,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add it beside the deployed versions at weight 0 (then `forgeone rollout`)",
     )
+    s.add_argument("--replicas", type=int, default=0, help="workers that host it (0: every worker)")
+    s.add_argument("--label", action="append", default=[], help="hosts must carry label k=v")
     s.set_defaults(func=cmd_deploy)
 
     s = bus(sub.add_parser("undeploy", help="remove a plugin's deployment"))

@@ -249,15 +249,23 @@ class ForgeClient:
         return digest
 
     async def deploy(
-        self, package: bytes, config: dict[str, str] | None = None, canary: bool = False
+        self,
+        package: bytes,
+        config: dict[str, str] | None = None,
+        canary: bool = False,
+        *,
+        replicas: int = 0,
+        labels: dict[str, str] | None = None,
     ) -> DeployReply:
         """Upload a signed package and deploy it; raises PackageRejected with the reason.
 
         ``canary``: add it beside the deployed versions at weight 0 (workers load and warm
         it; only calls that pin it reach it) instead of replacing them; see :meth:`rollout`.
+        ``replicas``: how many workers host it (0: every worker); ``labels``: a worker must
+        carry all of them to host it.
         """
         digest = await self.upload(package)
-        request = DeployRequest(digest, config or {}, canary)
+        request = DeployRequest(digest, config or {}, canary, replicas, dict(labels or {}))
         reply = await self._admin("deploy", request, DeployReply)
         assert isinstance(reply, DeployReply)
         return reply

@@ -12,9 +12,10 @@ from schemas.subjects import Subjects
 
 from . import metrics
 from .admin import AdminService
-from .buckets import ensure_buckets, ensure_job_streams, ensure_triggers
+from .buckets import ensure_assignments, ensure_buckets, ensure_job_streams, ensure_triggers
 from .connection import connect
 from .jobs_client import Jobs
+from .placement import Placement
 from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import CoordinatorSettings
@@ -49,6 +50,7 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
         triggers,
     )
     await admin.start()
+    placement = Placement(kv, await ensure_assignments(js, subjects, settings.replicas), registry)
 
     def ready() -> tuple[bool, str]:
         return (True, "ok") if nc.is_connected else (False, "not connected to NATS")
@@ -85,8 +87,10 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
 
     jobs = Jobs(nc, subjects)
     task = asyncio.create_task(gauges())
+    placing = asyncio.create_task(placement.run())
     await stop.wait()
     task.cancel()
+    placing.cancel()
     await admin.stop()
     try:
         await nc.drain()

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin
 from .codec import DEFAULT_MAX_STR, Message, Struct, hints
 from .manifest import Manifest
 from .messages import (
+    Assignment,
     CallResult,
     DeadLetter,
     DeploymentRecord,
@@ -47,6 +48,7 @@ from .messages import (
 
 JSON_DIR = Path(__file__).parent / "json"
 DOCUMENTED: tuple[type[Struct], ...] = (
+    Assignment,
     Manifest,
     InvokeRequest,
     CallResult,

@@ -134,6 +134,12 @@ class DeploymentRecord(Message):
     versions: list[VersionEntry] = field_spec(default_factory=list, doc="Active versions.")
     config: dict[str, str] = field_spec(default_factory=dict, doc="Per-deployment config.")
     deployed_at_ms: int = field_spec(default=0, ge=0, doc="Unix time of this record, ms.")
+    replicas: int = field_spec(
+        default=0, ge=0, le=10_000, doc="Workers that should host it; 0: every worker."
+    )
+    labels: dict[str, str] = field_spec(
+        default_factory=dict, doc="Labels a worker must carry (all of them) to host it."
+    )
 
     def __post_init__(self) -> None:
         if not self.versions:
@@ -144,6 +150,21 @@ class DeploymentRecord(Message):
     def active(self) -> VersionEntry:
         """The version with the most weight (the one taking calls by default)."""
         return max(self.versions, key=lambda v: v.weight)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment(Message):
+    """Which workers host a plugin deployed with replicas > 0: its key in the assignments bucket.
+
+    Written by the coordinator's placement loop; workers read it, so a stopped coordinator
+    leaves every worker with what it holds.
+    """
+
+    KIND = "assignment"
+    plugin: str = field_spec(pattern=NAME_PATTERN, doc="Plugin name (the KV key).")
+    workers: list[str] = field_spec(default_factory=list, doc="Worker ids that should host it.")
+    replicas: int = field_spec(default=0, ge=0, doc="Replicas wanted when it was written.")
+    at_ms: int = field_spec(default=0, ge=0, doc="Unix time of this assignment, ms.")
 
 
 # --- cluster view ----------------------------------------------------------------
@@ -207,6 +228,12 @@ class DeployRequest(Message):
         default=False,
         doc="Add the version beside the deployed ones at weight 0 instead of replacing them.",
     )
+    replicas: int = field_spec(
+        default=0, ge=0, le=10_000, doc="Workers that should host it; 0: every worker."
+    )
+    labels: dict[str, str] = field_spec(
+        default_factory=dict, doc="Labels a worker must carry (all of them) to host it."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +267,9 @@ class PluginStatus(Struct):
     record: DeploymentRecord = field_spec()
     ready_workers: list[str] = field_spec(default_factory=list)
     failed_workers: dict[str, str] = field_spec(default_factory=dict, doc="worker -> error.")
+    wanted: int = field_spec(
+        default=0, ge=0, doc="Replicas wanted: the record's, or the live workers when it is 0."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +406,7 @@ __all__ = [
     "HEADER_TRACEPARENT",
     "HEADER_VERSION",
     "MAX_CALL_DEPTH",
+    "Assignment",
     "CallResult",
     "DeadLetter",
     "DeployReply",

@@ -153,6 +153,11 @@ class Subjects:
     def deployments_bucket(self) -> str:
         return f"{self.prefix}_deployments"
 
+    @property
+    def assignments_bucket(self) -> str:
+        """One key per plugin deployed with replicas > 0: the workers that host it."""
+        return f"{self.prefix}_assignments"
+
     def kv_bucket(self, name: str) -> str:
         """The JetStream KV bucket behind a plugin's ``kv:<name>`` grant."""
         return f"{self.prefix}_kv_{check_token(name, 'kv bucket')}"

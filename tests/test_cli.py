@@ -94,7 +94,7 @@ async def test_cli_keygen_pack_verify_deploy_invoke_list_workers_undeploy(
     assert r.returncode == 1 and b"FUNCTION_NOT_FOUND" in r.stderr
 
     r = forgeone("list", url=cluster.url)
-    assert b"echo" in r.stdout and b"ready on 1 worker" in r.stdout, r.stdout
+    assert b"echo" in r.stdout and b"ready 1/1" in r.stdout, r.stdout
     r = forgeone("workers", "--json", url=cluster.url)
     (worker,) = json.loads(r.stdout)
     assert worker["worker_id"] == "w1"

@@ -36,6 +36,7 @@ from schemas.codec import (
 from schemas.errors import ErrorCode, PluginNotFound, Trap
 from schemas.manifest import Limits, Manifest
 from schemas.messages import (
+    Assignment,
     CallResult,
     DeadLetter,
     DeploymentRecord,
@@ -186,6 +187,9 @@ def sample_messages() -> list[Message]:
             at_ms=1_717_171_799_000,
         ),
         record,
+        dataclasses.replace(record, replicas=2, labels={"zone": "a", "disk": "ssd"}),
+        Assignment(plugin="textstats", workers=["w-1", "w-3f9a2c"], replicas=2, at_ms=17),
+        Assignment(plugin="textstats"),
         sample_heartbeat(),
         Heartbeat(worker_id="w-1", stopping=True),
         LogEvent(
@@ -198,6 +202,7 @@ def sample_messages() -> list[Message]:
             at_ms=1_717_171_717_123,
         ),
         DeployRequest(digest=DIGEST_A, config={"language": "de"}),
+        DeployRequest(digest=DIGEST_A, replicas=3, labels={"zone": "b"}),
         DeployReply(record=record, revision=42),
         DeployRequest(digest=DIGEST_B, canary=True),
         RolloutRequest(plugin="textstats", version="1.1.0", weight=10),

@@ -4,6 +4,11 @@ The KV watch delivers the latest record of every plugin first (so a worker
 started late catches up), then every change. Each plugin reconciles on its
 own task, latest record wins, so a slow compile of one plugin never holds
 up another.
+
+A record with ``replicas`` > 0 is hosted only while the plugin's key in the
+assignments bucket (written by the coordinator's placement) lists this worker;
+an assignment change reconciles that plugin like a record change. Records with
+replicas == 0 are hosted by every worker.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from schemas.codec import DecodeError, decode
 from schemas.errors import ForgeError, Unavailable
-from schemas.messages import DeploymentRecord, VersionEntry
+from schemas.messages import Assignment, DeploymentRecord, VersionEntry
 from schemas.policy import missing
 
 from . import metrics
@@ -55,7 +60,12 @@ class DeploymentWatcher:
         servers: Sequence[PluginServer],
         executor: Executor,
         policy: PolicyView,
+        assignments: KeyValue | None = None,
+        worker_id: str = "",
     ) -> None:
+        self.assignments = assignments
+        self.worker_id = worker_id
+        self._assigned: dict[str, frozenset[str]] = {}
         self.policy = policy
         policy.on_change(self._on_policy_change)
         self.kv = kv
@@ -71,6 +81,64 @@ class DeploymentWatcher:
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
+        """Watch deployments (and assignments) forever."""
+        if self.assignments is None:
+            await self._watch_deployments()
+            return
+        await asyncio.gather(self._watch_deployments(), self._watch_assignments(self.assignments))
+
+    async def _watch_assignments(self, kv: KeyValue) -> None:
+        """Follow the assignments bucket; restart the watch if it breaks."""
+        backoff = 0.2
+        while True:
+            try:
+                watcher = await kv.watchall()
+                backoff = 0.2
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    self._on_assignment(entry.key, entry.value, entry.operation)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("event=assignments_watch_failed error=%r retry_in=%.1fs", e, backoff)
+                await asyncio.sleep(backoff)  # backoff between reconnect attempts
+                backoff = min(backoff * 2, 5.0)
+
+    def _on_assignment(self, key: str, value: bytes | None, op: str | None) -> None:
+        if op in ("DEL", "PURGE"):  # the record went to replicas 0 or away: it decides
+            self._assigned.pop(key, None)
+            return
+        try:
+            assignment = decode(Assignment, value or b"")
+            if assignment.plugin != key:
+                raise DecodeError(f"assignment for {assignment.plugin!r} under key {key!r}")
+        except DecodeError as e:
+            metrics.BAD_MESSAGES.labels("assignments").inc()
+            log.error("event=bad_assignment key=%s error=%s", key, e)
+            return
+        workers = frozenset(assignment.workers)
+        known = key in self._assigned
+        before = self.worker_id in self._assigned.get(key, frozenset())
+        self._assigned[key] = workers
+        after = self.worker_id in workers
+        if (not known or before != after) and key in self._desired:
+            log.info("event=assignment_changed plugin=%s assigned=%s", key, after)
+            self._kick(key)
+
+    def hosts(self, record: DeploymentRecord) -> bool:
+        """Whether this worker should host ``record``: every worker when replicas is 0;
+        else while the assignment lists it. Before the coordinator has written any
+        assignment for the plugin (a record just switched to replicas > 0), a worker
+        keeps what it holds and loads nothing new, so nobody drops it meanwhile."""
+        if record.replicas == 0:
+            return True
+        assigned = self._assigned.get(record.plugin)
+        if assigned is None:
+            return record.plugin in self.hosted
+        return self.worker_id in assigned
+
+    async def _watch_deployments(self) -> None:
         """Watch forever; restart the watch if it breaks (for example across a reconnect)."""
         backoff = 0.2
         while True:
@@ -130,7 +198,7 @@ class DeploymentWatcher:
             self._dirty.discard(plugin)
             desired = self._desired[plugin]
             try:
-                if desired.record is None:
+                if desired.record is None or not self.hosts(desired.record):
                     await self._remove(plugin)
                 else:
                     await self._apply(plugin, desired.record)

@@ -138,7 +138,8 @@ async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-u
             kv = await js.key_value(subjects.deployments_bucket)
             obj = await js.object_store(subjects.packages_bucket)
             policy = await js.key_value(subjects.policy_bucket)
-            return kv, obj, policy
+            assignments = await js.key_value(subjects.assignments_bucket)
+            return kv, obj, policy, assignments
         except (
             BucketNotFoundError,
             NotFoundError,
@@ -153,7 +154,7 @@ async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-u
 async def run(settings: WorkerSettings) -> int:
     subjects = Subjects(settings.prefix)
     nc = await connect(settings, f"forge-worker {settings.worker_id}")
-    kv, obj, policy_kv = await wait_for_buckets(nc, subjects)
+    kv, obj, policy_kv, assignments = await wait_for_buckets(nc, subjects)
     engines = Engines()
     executor = Executor(settings.effective_slots)
     cache = CompileCache(
@@ -183,7 +184,16 @@ async def run(settings: WorkerSettings) -> int:
     triggers = TriggerRunner(
         nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.heartbeat_s
     )
-    watcher = DeploymentWatcher(kv, loader, hosted, [server, jobs, triggers], executor, policy)
+    watcher = DeploymentWatcher(
+        kv,
+        loader,
+        hosted,
+        [server, jobs, triggers],
+        executor,
+        policy,
+        assignments,
+        settings.worker_id,
+    )
     beats = Heartbeats(
         nc,
         subjects,
