@@ -144,7 +144,8 @@ def add_ops_commands(
                 ts = datetime.datetime.fromtimestamp(ev.at_ms / 1000, datetime.UTC)
                 print(
                     f"{ts:%Y-%m-%dT%H:%M:%S.%fZ} {LEVELS.get(ev.level, '?'):<5} "
-                    f"{ev.plugin}@{ev.version} {ev.fn} [{ev.worker}] {ev.message}",
+                    f"{ev.plugin}@{ev.version} {ev.fn} [{ev.worker}] {ev.message}"
+                    + (f"  trace={ev.traceparent}" if ev.traceparent else ""),
                     flush=True,
                 )
             return 0

@@ -214,6 +214,7 @@ class LogEvent(Message):
     level: int = field_spec(default=1, ge=0, le=3, doc="0 debug, 1 info, 2 warn, 3 error.")
     message: str = field_spec(default="", max_len=16384)
     at_ms: int = field_spec(default=0, ge=0)
+    traceparent: str = field_spec(default="", max_len=128, doc="W3C trace context of the call.")
 
 
 # --- admin service -------------------------------------------------------------------

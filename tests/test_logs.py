@@ -19,13 +19,21 @@ async def test_forgeone_logs_shows_and_follows_plugin_logs(cluster: Cluster) -> 
         await cluster.allow("hello", "log")
         await client.deploy(cluster.example_package("hello"))
         await cluster.wait_ready(client, "hello", 1)
-        assert await client.invoke("hello", "greet", b"first") == b"Hello, first!"
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        assert await client.invoke("hello", "greet", b"first", traceparent=trace) == (
+            b"Hello, first!"
+        )
 
         async def shown() -> bool:
             r = subprocess.run(
                 _logs_cmd(cluster, "hello", "-n", "5"), capture_output=True, timeout=30
             )
-            return r.returncode == 0 and b"first" in r.stdout and b"hello@1.0.0 greet" in r.stdout
+            return (
+                r.returncode == 0
+                and b"first" in r.stdout
+                and b"hello@1.0.0 greet" in r.stdout
+                and f"trace={trace}".encode() in r.stdout
+            )
 
         await eventually(shown, 15, "the log line in `forgeone logs`")
 

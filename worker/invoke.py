@@ -149,7 +149,9 @@ class InvokeServer:
             except Exception as e:  # the caller went away or the connection dropped
                 log.warning("event=reply_failed plugin=%s fn=%s error=%s", plugin, fn, e)
         if logs:
-            await self.syscalls.logs(plugin, version, fn, logs)
+            await self.syscalls.logs(
+                plugin, version, fn, logs, (msg.headers or {}).get(HEADER_TRACEPARENT)
+            )
 
     async def _call(
         self, msg: Msg, plugin: str, fn: str

@@ -26,18 +26,40 @@ class SyscallBus:
         self.subjects = subjects
         self.worker_id = worker_id
 
-    async def logs(self, plugin: str, version: str, fn: str, lines: list[tuple[int, str]]) -> None:
+    async def logs(
+        self,
+        plugin: str,
+        version: str,
+        fn: str,
+        lines: list[tuple[int, str]],
+        traceparent: str | None = None,
+    ) -> None:
         if not lines:
             return
         subject = self.subjects.syscall(plugin, "log")
         now = int(time.time() * 1000)
         for level, text in lines:
-            event = LogEvent(plugin, version, fn, self.worker_id, level, text[:16384], now)
+            event = LogEvent(
+                plugin,
+                version,
+                fn,
+                self.worker_id,
+                level,
+                text[:16384],
+                now,
+                (traceparent or "")[:128],
+            )
             try:
                 await self.nc.publish(subject, encode(event))
                 metrics.SYSCALLS.labels("log").inc()
             except Exception:
                 metrics.SYSCALLS_DROPPED.labels("log").inc()
             log.debug(
-                "plugin=%s version=%s fn=%s level=%d msg=%r", plugin, version, fn, level, text
+                "plugin=%s version=%s fn=%s level=%d traceparent=%s msg=%r",
+                plugin,
+                version,
+                fn,
+                level,
+                traceparent or "-",
+                text,
             )

@@ -680,7 +680,7 @@ class TriggerRunner:
         if out.discarded:
             metrics.INSTANCES_DISCARDED.labels(spec.plugin, hv.version).inc()
         if out.logs:
-            await self.syscalls.logs(spec.plugin, hv.version, spec.fn, out.logs)
+            await self.syscalls.logs(spec.plugin, hv.version, spec.fn, out.logs, meta.traceparent)
         if out.error is not None:
             raise out.error
         assert out.invocation is not None
