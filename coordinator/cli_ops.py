@@ -152,6 +152,19 @@ def add_ops_commands(
 
         return await with_client(a, body)
 
+    async def top(a: argparse.Namespace) -> int:
+        from .top import run_top
+
+        async def body(c: ForgeClient) -> int:
+            return await run_top(c, a.interval, a.once)
+
+        return await with_client(a, body)
+
+    s = bus(sub.add_parser("top", help="live view of calls, errors, latency and lag"))
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    s.add_argument("--once", action="store_true", help="print one refresh and exit")
+    s.set_defaults(func=top)
+
     s = bus(sub.add_parser("logs", help="a plugin's log lines (kept in a bounded stream)"))
     s.add_argument("plugin")
     s.add_argument("-n", "--lines", type=int, default=100, help="how many past lines")

@@ -177,6 +177,10 @@ class LoadedPlugin(Struct):
     error: str = field_spec(default="", max_len=2048, doc="Why it failed, if it did.")
     pool_idle: int = field_spec(default=0, ge=0)
     pool_busy: int = field_spec(default=0, ge=0)
+    calls_total: int = field_spec(default=0, ge=0, doc="Calls this version finished here.")
+    errors_total: int = field_spec(default=0, ge=0, doc="Of those, the ones that failed.")
+    p50_us: int = field_spec(default=0, ge=0, doc="Median call time over recent calls.")
+    p99_us: int = field_spec(default=0, ge=0, doc="99th percentile over recent calls.")
 
 
 @dataclass(frozen=True, slots=True)

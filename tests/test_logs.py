@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -59,5 +60,39 @@ async def test_forgeone_logs_shows_and_follows_plugin_logs(cluster: Cluster) -> 
         finally:
             follow.terminate()
             follow.wait(timeout=10)
+    finally:
+        await client.close()
+
+
+async def test_forgeone_top_shows_workers_plugins_rates_and_latency(cluster: Cluster) -> None:
+    cluster.start_worker("w1")
+    client = await cluster.client()
+    try:
+        await client.deploy(cluster.example_package("echo"))
+        await cluster.wait_ready(client, "echo", 1)
+        for _ in range(50):
+            await client.invoke("echo", "upper", b"x")
+
+        async def shown() -> bool:
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "coordinator",
+                    "top",
+                    "--once",
+                    "--interval",
+                    "0.5",
+                    "--nats-url",
+                    cluster.url,
+                ],
+                capture_output=True,
+                timeout=60,
+                env={**os.environ, "COLUMNS": "200"},
+            )
+            out = r.stdout.decode()
+            return r.returncode == 0 and "echo@1.0.0" in out and "w1" in out and "p99" in out
+
+        await eventually(shown, 20, "echo@1.0.0 on w1 in `forgeone top --once`")
     finally:
         await client.close()

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from schemas.errors import (
@@ -25,6 +26,33 @@ from .host import CallMeta, HostEnv
 from .inline import INLINE_BUDGET_S, InlinePolicy
 from .pool import InstancePool, Outcome
 from .runtime import CallLimits, PluginRuntime
+
+
+class CallStats:
+    """Calls, errors and recent call times of one version, for heartbeats (forgeone top)."""
+
+    WINDOW = 512
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+
+    def count(self, out: Outcome) -> Outcome:
+        if out.error is not None:
+            self.errors += 1
+        return out
+
+    def add(self, seconds: float) -> None:
+        self.calls += 1
+        self._recent.append(seconds)
+
+    def percentiles(self) -> tuple[int, int]:
+        if not self._recent:
+            return 0, 0
+        ordered = sorted(self._recent)
+        last = len(ordered) - 1
+        return int(ordered[last // 2] * 1e6), int(ordered[(last * 99) // 100] * 1e6)
 
 
 class HostedVersion:
@@ -54,6 +82,7 @@ class HostedVersion:
         self.max_queue = max_queue
         self._slots = asyncio.Semaphore(limits.pool_size)
         self.inline = InlinePolicy(runtime.replayable)
+        self.stats = CallStats()
         self._busy_gauge = metrics.POOL_INSTANCES.labels(plugin, version, "busy")
         self._idle_gauge = metrics.POOL_INSTANCES.labels(plugin, version, "idle")
         # Nested calls (a plugin calling itself through other plugins) get instances of
@@ -111,19 +140,21 @@ class HostedVersion:
                 raise Timeout("deadline passed while waiting for a free instance") from None
             finally:
                 self.waiting -= 1
+            started = time.perf_counter()
             try:
                 self._gauges(+1)
                 if self.inline.eligible(fn):
                     out = self._call_inline(fn, data, meta)
                     if out is not None:
-                        return out
+                        return self.stats.count(out)
                 out = await executor.run(self.pool, fn, data, meta)
                 if out.invocation is not None:
                     self.inline.record(fn, out.invocation.duration_us)
-                return out
+                return self.stats.count(out)
             finally:
                 slots.release()
                 self._gauges(-1)
+                self.stats.add(time.perf_counter() - started)
         finally:
             self.running -= 1
             if self.running == 0:
@@ -161,6 +192,7 @@ class HostedVersion:
         metrics.POOL_INSTANCES.remove(self.plugin, self.version, "idle")
 
     def status(self) -> LoadedPlugin:
+        p50, p99 = self.stats.percentiles()
         return LoadedPlugin(
             self.plugin,
             self.version,
@@ -169,6 +201,10 @@ class HostedVersion:
             "",
             self.pool.idle,
             self.running - self.waiting,
+            self.stats.calls,
+            self.stats.errors,
+            p50,
+            p99,
         )
 
 
