@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -164,7 +165,7 @@ async def run_faults(
         await submitting
         await collecting
         seconds = time.monotonic() - started
-        stored = await _stored_results(client, cluster)
+        stored = await _stored_results(client, cluster, expected=len(done))
         redelivered = sum(
             int(p.metric("forge_jobs_redelivered_total")) for p in procs if p.popen.poll() is None
         )
@@ -185,15 +186,26 @@ async def run_faults(
         cluster.close()
 
 
-async def _stored_results(client: ForgeClient, cluster: Cluster) -> int:
-    """Messages in the results stream (retried across a leader election)."""
+async def _stored_results(client: ForgeClient, cluster: Cluster, expected: int) -> int:
+    """Messages in the results stream, once it holds ``expected`` of them (or after 30 s).
+
+    A result can reach a subscriber while its store is lost in a leader election; the job
+    then stays unacked, is redelivered after the ack wait and stored, so the count
+    converges rather than being final at the moment the last result arrived.
+    """
     js = client.nc.jetstream()
+    last = 0
 
-    async def probe() -> int | None:
+    async def probe() -> bool:
+        nonlocal last
         info = await js.stream_info(client.subjects.results_stream)
-        return int(info.state.messages)
+        last = int(info.state.messages)
+        return last >= expected
 
-    return await eventually(probe, 30, "results stream info")
+    # on timeout, report what is there: the caller compares it with the results seen
+    with contextlib.suppress(AssertionError):
+        await eventually(probe, 30, "the results stream to hold every result")
+    return last
 
 
 async def run_poison(root: Path, max_deliver: int = 3) -> dict[str, object]:
