@@ -29,6 +29,7 @@ from schemas.policy import missing
 from . import metrics
 from .executor import Executor
 from .hosted import HostedPlugin, HostedVersion
+from .kv_watch import watch_bucket
 from .loader import Loader
 from .policy import PolicyView
 
@@ -88,22 +89,8 @@ class DeploymentWatcher:
         await asyncio.gather(self._watch_deployments(), self._watch_assignments(self.assignments))
 
     async def _watch_assignments(self, kv: KeyValue) -> None:
-        """Follow the assignments bucket; restart the watch if it breaks."""
-        backoff = 0.2
-        while True:
-            try:
-                watcher = await kv.watchall()
-                backoff = 0.2
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    self._on_assignment(entry.key, entry.value, entry.operation)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("event=assignments_watch_failed error=%r retry_in=%.1fs", e, backoff)
-                await asyncio.sleep(backoff)  # backoff between reconnect attempts
-                backoff = min(backoff * 2, 5.0)
+        """Follow the assignments bucket."""
+        await watch_bucket(kv, "assignments", self._on_assignment)
 
     def _on_assignment(self, key: str, value: bytes | None, op: str | None) -> None:
         if op in ("DEL", "PURGE"):  # the record went to replicas 0 or away: it decides
@@ -139,23 +126,8 @@ class DeploymentWatcher:
         return self.worker_id in assigned
 
     async def _watch_deployments(self) -> None:
-        """Watch forever; restart the watch if it breaks (for example across a reconnect)."""
-        backoff = 0.2
-        while True:
-            try:
-                watcher = await self.kv.watchall()
-                backoff = 0.2
-                async for entry in watcher:
-                    if entry is None:
-                        self.synced.set()
-                        continue
-                    self._on_entry(entry.key, entry.value, entry.operation)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("event=watch_failed error=%r retry_in=%.1fs", e, backoff)
-                await asyncio.sleep(backoff)  # backoff between reconnect attempts
-                backoff = min(backoff * 2, 5.0)
+        """Follow the deployments bucket; ``synced`` is set once every record was seen."""
+        await watch_bucket(self.kv, "deployments", self._on_entry, lambda _keys: self.synced.set())
 
     def _on_entry(self, key: str, value: bytes | None, op: str | None) -> None:
         if op in ("DEL", "PURGE"):

@@ -12,6 +12,7 @@ from schemas.codec import DecodeError, decode
 from schemas.policy import Caps, PolicyRecord, effective_caps, effective_grants, missing
 
 from . import metrics
+from .kv_watch import watch_bucket
 
 log = logging.getLogger("forge.worker.policy")
 
@@ -43,22 +44,7 @@ class PolicyView:
         if self.kv is None:
             self.synced.set()
             return
-        backoff = 0.2
-        while True:
-            try:
-                watcher = await self.kv.watchall()
-                backoff = 0.2
-                async for entry in watcher:
-                    if entry is None:
-                        self.synced.set()
-                        continue
-                    self._apply(entry.key, entry.value, entry.operation)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("event=policy_watch_failed error=%r retry_in=%.1fs", e, backoff)
-                await asyncio.sleep(backoff)  # backoff between reconnect attempts
-                backoff = min(backoff * 2, 5.0)
+        await watch_bucket(self.kv, "policy", self._apply, lambda _keys: self.synced.set())
 
     def _apply(self, key: str, value: bytes | None, op: str | None) -> None:
         if op in ("DEL", "PURGE"):

@@ -69,6 +69,7 @@ from schemas.triggers import (
 from . import metrics
 from .executor import Executor
 from .hosted import HostedPlugin
+from .kv_watch import watch_bucket
 from .pulling import PERMANENT, PinnedPull, bind_pull, fetch_some
 from .syscalls import SyscallBus
 
@@ -327,32 +328,19 @@ class TriggerRunner:
             await asyncio.wait(tasks, timeout=timeout_s)
 
     # --- the triggers bucket ------------------------------------------------------------
+    def _on_synced(self, seen: set[str]) -> None:
+        """Every current definition has been delivered: drop the ones deleted meanwhile."""
+        for gone in set(self._specs) - seen:
+            self._on_entry(gone, None, "DEL")
+        self.synced.set()
+
     async def run(self) -> None:
         """Watch the triggers bucket forever (and publish stats); restart the watch if it
         breaks, for example across a reconnect."""
         stats = asyncio.create_task(self._stats_loop())
         try:
             kv = await self._bucket()
-            backoff = 0.2
-            while True:
-                try:
-                    watcher = await kv.watchall()
-                    backoff = 0.2
-                    seen: set[str] = set()
-                    async for entry in watcher:
-                        if entry is None:  # every current definition has been delivered
-                            for gone in set(self._specs) - seen:
-                                self._on_entry(gone, None, "DEL")
-                            self.synced.set()
-                            continue
-                        seen.add(entry.key)
-                        self._on_entry(entry.key, entry.value, entry.operation)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    log.warning("event=triggers_watch_failed error=%r retry_in=%.1fs", e, backoff)
-                    await asyncio.sleep(backoff)  # backoff between reconnect attempts
-                    backoff = min(backoff * 2, 5.0)
+            await watch_bucket(kv, "triggers", self._on_entry, self._on_synced)
         finally:
             stats.cancel()
 
