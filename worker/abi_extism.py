@@ -54,7 +54,15 @@ from schemas.policy import Permission
 
 from . import host
 from .engine import Engines
-from .guest import GuestMemory, GuestTrap, RawFunc, _call_unchecked, _raise, set_epoch_deadline
+from .guest import (
+    GuestMemory,
+    GuestTrap,
+    RawFunc,
+    _call_unchecked,
+    _raise,
+    functype,
+    set_epoch_deadline,
+)
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
 from .slots import released
@@ -103,11 +111,6 @@ def kernel_module(engine: wasmtime.Engine) -> wasmtime.Module:
         module = wasmtime.Module(engine, _kernel_wasm)
         _kernel_modules[id(engine)] = (engine, module)
         return module
-
-
-def _functype(params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.FuncType:
-    vt = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
-    return wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
 
 
 class _Raw(RawFunc):
@@ -183,10 +186,10 @@ class ExtismRuntime:
         for mod, name in imports:
             if mod == EXTISM_ENV_MODULE and name in EXTISM_HOST_IMPORTS:
                 sig = EXTISM_HOST_IMPORTS[name]
-                linker.define_func(mod, name, _functype(sig.params, sig.results), ENV_FUNCS[name])
+                linker.define_func(mod, name, functype(sig.params, sig.results), ENV_FUNCS[name])
             elif mod == EXTISM_USER_MODULE and name in EXTISM_USER_IMPORTS:
                 sig = EXTISM_USER_IMPORTS[name]
-                linker.define_func(mod, name, _functype(sig.params, sig.results), USER_FUNCS[name])
+                linker.define_func(mod, name, functype(sig.params, sig.results), USER_FUNCS[name])
         if self.uses_wasi:
             linker.define_wasi()
             host.restrict_wasi(linker, manifest.permissions)

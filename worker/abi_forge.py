@@ -28,18 +28,13 @@ from schemas.manifest import Manifest
 
 from . import host
 from .engine import Engines
-from .guest import GuestMemory, GuestTrap, RawFunc, set_epoch_deadline
+from .guest import GuestMemory, GuestTrap, RawFunc, functype, set_epoch_deadline
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
 
 WASM_PAGE = 65536
 #: Deadline for instantiation (start function) plus ``init``, and for ``shutdown``.
 LIFECYCLE_TIMEOUT_S = 5.0
-
-
-def _functype(sig_params: tuple[str, ...], sig_results: tuple[str, ...]) -> wasmtime.FuncType:
-    vt = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
-    return wasmtime.FuncType([vt[p] for p in sig_params], [vt[r] for r in sig_results])
 
 
 class ForgeV1Runtime:
@@ -64,7 +59,7 @@ class ForgeV1Runtime:
         linker = wasmtime.Linker(self.engine)
         for name, sig in FORGE_V1_IMPORTS.items():
             linker.define_func(
-                HOST_MODULE, name, _functype(sig.params, sig.results), host.HOST_FUNCS[name]
+                HOST_MODULE, name, functype(sig.params, sig.results), host.HOST_FUNCS[name]
             )
         self.uses_wasi = any(i.module == WASI_MODULE for i in module.imports)
         self.replayable = not self.uses_wasi and not any(

@@ -26,6 +26,12 @@ _TrapPtr = POINTER(b.wasm_trap_t)
 _void_p = ctypes.c_void_p
 
 
+def functype(params: tuple[str, ...], results: tuple[str, ...]) -> wasmtime.FuncType:
+    """A wasmtime FuncType from the ABI tables' type names (i32, i64)."""
+    vt = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+    return wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
+
+
 class GuestTrap(Exception):
     """A call into the guest ended in a trap or engine error."""
 
