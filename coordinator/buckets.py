@@ -32,14 +32,12 @@ LOG_MAX_AGE_S = 7 * 24 * 3600.0
 async def ensure_buckets(
     js: JetStreamContext, subjects: Subjects, replicas: int = 1
 ) -> tuple[KeyValue, ObjectStore, KeyValue]:
-    kv = await js.create_key_value(
-        KeyValueConfig(
-            bucket=subjects.deployments_bucket,
-            history=DEPLOYMENT_HISTORY,
-            storage=StorageType.FILE,
-            replicas=replicas,
-            description="ForgeOne desired deployments, one key per plugin",
-        )
+    kv = await _kv_bucket(
+        js,
+        subjects.deployments_bucket,
+        DEPLOYMENT_HISTORY,
+        replicas,
+        "ForgeOne desired deployments, one key per plugin",
     )
     obj = await js.create_object_store(
         subjects.packages_bucket,
@@ -49,14 +47,12 @@ async def ensure_buckets(
             description="ForgeOne plugin packages by SHA-256",
         ),
     )
-    policy = await js.create_key_value(
-        KeyValueConfig(
-            bucket=subjects.policy_bucket,
-            history=16,
-            storage=StorageType.FILE,
-            replicas=replicas,
-            description="ForgeOne permission policy: default, plugin.<name>, key.<key id>",
-        )
+    policy = await _kv_bucket(
+        js,
+        subjects.policy_bucket,
+        16,
+        replicas,
+        "ForgeOne permission policy: default, plugin.<name>, key.<key id>",
     )
     await ensure_assignments(js, subjects, replicas)
     await _put_stream(
@@ -81,14 +77,12 @@ async def ensure_assignments(
     js: JetStreamContext, subjects: Subjects, replicas: int = 1
 ) -> KeyValue:
     """Placement: one key per plugin deployed with replicas > 0 (coordinator/placement.py)."""
-    return await js.create_key_value(
-        KeyValueConfig(
-            bucket=subjects.assignments_bucket,
-            history=8,
-            storage=StorageType.FILE,
-            replicas=replicas,
-            description="ForgeOne placement: the workers that host each plugin with replicas",
-        )
+    return await _kv_bucket(
+        js,
+        subjects.assignments_bucket,
+        8,
+        replicas,
+        "ForgeOne placement: the workers that host each plugin with replicas",
     )
 
 
@@ -96,13 +90,22 @@ async def ensure_plugin_kv(
     js: JetStreamContext, subjects: Subjects, name: str, replicas: int = 1
 ) -> None:
     """The KV bucket behind a ``kv:<name>`` grant."""
-    await js.create_key_value(
+    await _kv_bucket(
+        js, subjects.kv_bucket(name), 1, replicas, f"ForgeOne plugin state bucket {name}"
+    )
+
+
+async def _kv_bucket(
+    js: JetStreamContext, bucket: str, history: int, replicas: int, description: str
+) -> KeyValue:
+    """A file-backed KV bucket (created, or bound if it exists with these settings)."""
+    return await js.create_key_value(
         KeyValueConfig(
-            bucket=subjects.kv_bucket(name),
-            history=1,
+            bucket=bucket,
+            history=history,
             storage=StorageType.FILE,
             replicas=replicas,
-            description=f"ForgeOne plugin state bucket {name}",
+            description=description,
         )
     )
 
@@ -186,14 +189,8 @@ TRIGGER_DEAD_LETTER_MAX_AGE_S = 7 * 24 * 3600.0
 
 async def ensure_triggers(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> KeyValue:
     """The triggers bucket (one key per trigger) and the default dead-letter stream."""
-    kv = await js.create_key_value(
-        KeyValueConfig(
-            bucket=subjects.triggers_bucket,
-            history=16,
-            storage=StorageType.FILE,
-            replicas=replicas,
-            description="ForgeOne triggers, one key per trigger",
-        )
+    kv = await _kv_bucket(
+        js, subjects.triggers_bucket, 16, replicas, "ForgeOne triggers, one key per trigger"
     )
     await _put_stream(
         js,
