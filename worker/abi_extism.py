@@ -23,14 +23,11 @@ import json
 import struct
 import threading
 import time
-from ctypes import byref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import wasmtime
-from wasmtime import _bindings as _b
-from wasmtime import _ffi
 
 from schemas.abi import (
     EXTISM_ENV_MODULE,
@@ -58,10 +55,9 @@ from .guest import (
     GuestMemory,
     GuestTrap,
     RawFunc,
-    _call_unchecked,
-    _raise,
+    c_set_epoch_deadline,
+    context_address,
     functype,
-    set_epoch_deadline,
 )
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
@@ -86,14 +82,6 @@ LOG_LEVEL_OFF = 2**31 - 1
 _LOG_LEVELS = {"log_trace": 0, "log_debug": 0, "log_info": 1, "log_warn": 2, "log_error": 3}
 _STATUS = struct.Struct("<QQQQ")  # output offset, output length, error block, grow refused
 
-_TrapPtr = ctypes.POINTER(_b.wasm_trap_t)
-_memory_size = _b._wasmtime_memory_data_size
-#: wasmtime_memory_data returning the address as an int (wasmtime-py's own binding
-#: returns a uint8 pointer, which costs a cast per call).
-_memory_addr = ctypes.CFUNCTYPE(
-    ctypes.c_void_p, ctypes.POINTER(_b.wasmtime_context_t), ctypes.POINTER(_b.wasmtime_memory_t)
-)(("wasmtime_memory_data", _ffi.dll))
-
 _kernel_lock = threading.Lock()
 _kernel_wasm: bytes | None = None
 _kernel_modules: dict[int, tuple[wasmtime.Engine, wasmtime.Module]] = {}
@@ -113,37 +101,6 @@ def kernel_module(engine: wasmtime.Engine) -> wasmtime.Module:
         return module
 
 
-class _Raw(RawFunc):
-    """RawFunc plus the two signatures the extism/1 hot path calls, without the generic loop."""
-
-    __slots__ = ()
-
-    def call_l_l(self, a: int) -> int:
-        """``(i64) -> i64``: the kernel's forge_begin, alloc and length."""
-        vals = self._vals
-        vals[0].i64 = a
-        trap = _TrapPtr()
-        err = _call_unchecked(self._ctx, self._fref, vals, 1, byref(trap))
-        if err or trap:
-            _raise(err, trap)
-        return int(vals[0].i64)
-
-    def call_v_i(self) -> int:
-        """``() -> i32`` (or ``() -> ()``, read as 0): a handler."""
-        vals = self._vals
-        vals[0].i64 = 0
-        trap = _TrapPtr()
-        err = _call_unchecked(self._ctx, self._fref, vals, 1, byref(trap))
-        if err or trap:
-            _raise(err, trap)
-        return int(vals[0].i32) if self._result else 0
-
-    def call_i_i(self, a: int) -> int:
-        """The kernel's ``alloc`` where forge host functions expect a guest ``alloc``: they
-        place their results in the block memory through it."""
-        return self.call_l_l(a)
-
-
 class _KernelMemory(GuestMemory):
     """GuestMemory plus the fixed-size reads of one call, with one address lookup each."""
 
@@ -151,14 +108,13 @@ class _KernelMemory(GuestMemory):
 
     def status(self) -> tuple[int, int, int, int, int, int]:
         """(base address, size, output offset, output length, error block, grow refused)."""
-        base = _memory_addr(self._ctx, self._mref) or 0
-        size = int(_memory_size(self._ctx, self._mref))
+        base, size = self.address()
         out_off, out_len, err_off, full = _STATUS.unpack(ctypes.string_at(base, _STATUS.size))
         return base, size, out_off, out_len, err_off, full
 
     def put(self, offset: int, data: bytes) -> None:
         """Copy ``data`` to a block the kernel just allocated (so known to be in range)."""
-        ctypes.memmove((_memory_addr(self._ctx, self._mref) or 0) + offset, data, len(data))
+        ctypes.memmove(self.address()[0] + offset, data, len(data))
 
 
 class ExtismRuntime:
@@ -233,7 +189,7 @@ class ExtismInstance:
         self.var_bytes = 0
         self.http_status = 0
         self.http_headers: bytes | None = None
-        self._handlers: dict[str, _Raw] = {}
+        self._handlers: dict[str, RawFunc] = {}
         store = wasmtime.Store(rt.engine)
         store.set_limits(
             memory_size=rt.limits.memory_bytes,
@@ -247,15 +203,16 @@ class ExtismInstance:
             self._wasi_out = host.WasiOutput()
             store.set_wasi(host.wasi_config(rt.env.grants, self._wasi_out))
         self.store = store
+        self._ctx = context_address(store)
         self._fuel = rt.limits.fuel
         self._arm(LIFECYCLE_TIMEOUT_S)
         kernel = rt.kernel_pre.instantiate(store)
         kex = kernel.exports(store)
 
-        def kfn(name: str, params: tuple[str, ...], results: tuple[str, ...]) -> _Raw:
+        def kfn(name: str, params: tuple[str, ...], results: tuple[str, ...]) -> RawFunc:
             f = kex[name]
             assert isinstance(f, wasmtime.Func)
-            return _Raw(store, f, params, results)
+            return RawFunc(store, f, params, results)
 
         kmem = kex["memory"]
         assert isinstance(kmem, wasmtime.Memory)
@@ -296,13 +253,13 @@ class ExtismInstance:
             for fn, returns in rt.handler_returns.items():
                 f = ex[fn]
                 assert isinstance(f, wasmtime.Func)
-                self._handlers[fn] = _Raw(store, f, (), ("i32",) if returns else ())
+                self._handlers[fn] = RawFunc(store, f, (), ("i32",) if returns else ())
         finally:
             self._leave(st)
 
     # --- one call ---------------------------------------------------------------
     def _arm(self, timeout_s: float) -> None:
-        set_epoch_deadline(self.store, self.rt.engines.ticks_for(timeout_s))
+        c_set_epoch_deadline(self._ctx, self.rt.engines.ticks_for(timeout_s))
         if self._fuel is not None:
             self.store.set_fuel(self._fuel)
 

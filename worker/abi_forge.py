@@ -10,9 +10,11 @@ environment variables only as the plugin's grants allow.
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 import wasmtime
+from wasmtime._bindings import wasmtime_val_raw_t
 
 from schemas.abi import BUS_IMPORTS, FORGE_V1_IMPORTS, HOST_MODULE, WASI_MODULE
 from schemas.errors import (
@@ -28,7 +30,16 @@ from schemas.manifest import Manifest
 
 from . import host
 from .engine import Engines
-from .guest import GuestMemory, GuestTrap, RawFunc, functype, set_epoch_deadline
+from .guest import (
+    GuestMemory,
+    GuestTrap,
+    RawFunc,
+    c_func_call,
+    c_set_epoch_deadline,
+    context_address,
+    functype,
+    raise_trap,
+)
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
 
@@ -99,6 +110,8 @@ class ForgeV1Instance:
             self._wasi_out = host.WasiOutput()
             store.set_wasi(host.wasi_config(rt.env.grants, self._wasi_out))
         self.store = store
+        self._ctx = context_address(store)
+        self._ticks = rt.engines.ticks_for
         self._fuel = rt.limits.fuel
         self._arm(LIFECYCLE_TIMEOUT_S)
         st = CallState(rt.env, None, None, CallMeta(time.monotonic() + LIFECYCLE_TIMEOUT_S))
@@ -122,6 +135,9 @@ class ForgeV1Instance:
                 return RawFunc(store, f, params, results)
 
             self._alloc = fn("alloc", ("i32",), ("i32",))
+            self._vals = (wasmtime_val_raw_t * 2)()
+            self._trap = ctypes.c_void_p()
+            self._trap_ref = ctypes.byref(self._trap)
             st.alloc = self._alloc
             if rt.has_initialize:
                 try:
@@ -147,34 +163,53 @@ class ForgeV1Instance:
 
     # --- one call ---------------------------------------------------------------
     def _arm(self, timeout_s: float) -> None:
-        set_epoch_deadline(self.store, self.rt.engines.ticks_for(timeout_s))
+        c_set_epoch_deadline(self._ctx, self.rt.engines.ticks_for(timeout_s))
         if self._fuel is not None:
             self.store.set_fuel(self._fuel)
 
     def call(self, fn: str, data: bytes, meta: CallMeta) -> Invocation:
-        """One call, following docs/abi.md section 4 step by step."""
+        """One call, following docs/abi.md section 6 step by step."""
         handler = self._handlers[fn]
-        st = CallState(self.rt.env, self.memory, self._alloc, meta)
-        self._arm(meta.deadline - time.monotonic())
+        memory = self.memory
+        st = CallState(self.rt.env, memory, self._alloc, meta)
+        ctx, v, trap, trap_ref = self._ctx, self._vals, self._trap, self._trap_ref
+        c_set_epoch_deadline(ctx, self._ticks(meta.deadline - time.monotonic()))
+        if self._fuel is not None:
+            self.store.set_fuel(self._fuel)
         host.enter(st)
         started = time.perf_counter_ns()
+        n = len(data)
+        error: ForgeError | None = None
+        # alloc, the handler and dealloc are called here directly (RawFunc's work, inlined:
+        # this is the per-call hot path); host functions use their own RawFuncs meanwhile.
         try:
-            in_ptr = self._alloc.call_i_i(len(data)) & 0xFFFFFFFF
-            if data:
+            v[0].i32 = n
+            trap.value = None
+            err = c_func_call(ctx, self._alloc.fref, v, 1, trap_ref)
+            if err or trap.value:
+                raise_trap(err, trap.value)
+            in_ptr = v[0].i32 & 0xFFFFFFFF
+            if n:
                 if in_ptr == 0:
-                    raise OutOfMemory(f"alloc({len(data)}) returned 0")
-                self.memory.write(in_ptr, data, "input block from alloc")
-            packed = handler.call_ii_l(in_ptr, len(data)) & 0xFFFFFFFFFFFFFFFF
+                    raise OutOfMemory(f"alloc({n}) returned 0")
+                at = memory.at(in_ptr, n, "input block from alloc")
+                ctypes.memmove(at, data, n)
+            v[0].i32 = in_ptr
+            v[1].i32 = n
+            err = c_func_call(ctx, handler.fref, v, 2, trap_ref)
+            if err or trap.value:
+                raise_trap(err, trap.value)
+            packed = v[0].i64 & 0xFFFFFFFFFFFFFFFF
             out_ptr, out_len = packed >> 32, packed & 0xFFFFFFFF
             output = b""
-            error: ForgeError | None = None
             if st.error is not None:
                 error = Rejected(st.error) if st.rejected else PluginError(st.error)
             elif out_len > self.rt.max_output:
                 raise OutputTooLarge(f"output of {out_len} bytes exceeds {self.rt.max_output}")
-            else:
-                output = self.memory.read(out_ptr, out_len, "output")
-            self._release(in_ptr, len(data), out_ptr, out_len)
+            elif out_len:
+                output = ctypes.string_at(memory.at(out_ptr, out_len, "output"), out_len)
+            if self._dealloc is not None:
+                self._release(in_ptr, n, out_ptr, out_len)
         except GuestTrap as e:
             self.broken = True
             raise self._classify(e, st) from None
@@ -183,7 +218,8 @@ class ForgeV1Instance:
             raise
         finally:
             host.leave()
-            self._drain_wasi(st)
+            if self._wasi_out is not None:
+                self._drain_wasi(st)
             self.logs = st.logs
         if error is not None:
             raise error
@@ -196,17 +232,27 @@ class ForgeV1Instance:
     def _release(self, in_ptr: int, in_len: int, out_ptr: int, out_len: int) -> None:
         """Hand the output, then the input, back to the guest's ``dealloc``.
 
+        An output inside the input block (an in-place transform, an echo) is not handed
+        back on its own: it is freed with the input (docs/abi.md section 6, step 8).
         A trap here discards the instance but does not change the call's result.
         """
-        if self._dealloc is None:
-            return
         try:
-            if out_ptr:
-                self._dealloc(out_ptr, out_len)
+            if out_ptr and not (in_ptr <= out_ptr and out_ptr + out_len <= in_ptr + in_len):
+                self._dealloc_one(out_ptr, out_len)
             if in_ptr:
-                self._dealloc(in_ptr, in_len)
+                self._dealloc_one(in_ptr, in_len)
         except GuestTrap:
             self.broken = True
+
+    def _dealloc_one(self, ptr: int, length: int) -> None:
+        assert self._dealloc is not None
+        v, trap = self._vals, self._trap
+        v[0].i32 = ptr
+        v[1].i32 = length
+        trap.value = None
+        err = c_func_call(self._ctx, self._dealloc.fref, v, 2, self._trap_ref)
+        if err or trap.value:
+            raise_trap(err, trap.value)
 
     def _classify(self, e: GuestTrap, st: CallState) -> ForgeError:
         """Map a trap to the typed error a caller sees."""

@@ -33,6 +33,7 @@ class EngineSettings:
 
     def cache_key(self) -> str:
         text = f"wasmtime={WASMTIME_VERSION};stack={self.max_stack_kb};fuel={self.fuel};"
+        text += "memory_may_move=0;"
         text += ";".join(f"{k}={v}" for k, v in sorted(WASM_FEATURES.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -44,6 +45,7 @@ def make_config(settings: EngineSettings | None = None) -> wasmtime.Config:
     for name, on in WASM_FEATURES.items():
         setattr(cfg, name, on)
     cfg.epoch_interruption = True
+    cfg.memory_may_move = False  # a guest memory's base address is fixed (worker/guest.py)
     cfg.consume_fuel = s.fuel
     cfg.max_wasm_stack = s.max_stack_kb * 1024
     cfg.cranelift_opt_level = "speed"
