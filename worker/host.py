@@ -179,6 +179,12 @@ class CallMeta:
     event_headers: dict[str, str] | None = None
     """That event's headers."""
 
+    def until(self, deadline: float) -> CallMeta:
+        """The same call with another deadline (``dataclasses.replace``, without its cost)."""
+        return CallMeta(
+            deadline, self.depth, self.traceparent, self.event_subject, self.event_headers
+        )
+
 
 class CallState:
     """Everything host functions may touch during one guest call."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
 import time
 from collections import deque
@@ -83,8 +82,11 @@ class HostedVersion:
         self._slots = asyncio.Semaphore(limits.pool_size)
         self.inline = InlinePolicy(runtime.replayable)
         self.stats = CallStats()
-        self._busy_gauge = metrics.POOL_INSTANCES.labels(plugin, version, "busy")
-        self._idle_gauge = metrics.POOL_INSTANCES.labels(plugin, version, "idle")
+        # Read when scraped, not updated per call (the call path stays free of metric locks).
+        metrics.POOL_INSTANCES.labels(plugin, version, "busy").set_function(
+            lambda: self.running - self.waiting
+        )
+        metrics.POOL_INSTANCES.labels(plugin, version, "idle").set_function(lambda: self.pool.idle)
         # Nested calls (a plugin calling itself through other plugins) get instances of
         # their own, so a chain up to MAX_CALL_DEPTH deep never waits on its own callers.
         self._nested_slots = asyncio.Semaphore(limits.pool_size * MAX_CALL_DEPTH)
@@ -142,7 +144,6 @@ class HostedVersion:
                 self.waiting -= 1
             started = time.perf_counter()
             try:
-                self._gauges(+1)
                 if self.inline.eligible(fn):
                     out = self._call_inline(fn, data, meta)
                     if out is not None:
@@ -153,7 +154,6 @@ class HostedVersion:
                 return self.stats.count(out)
             finally:
                 slots.release()
-                self._gauges(-1)
                 self.stats.add(time.perf_counter() - started)
         finally:
             self.running -= 1
@@ -162,9 +162,7 @@ class HostedVersion:
 
     def _call_inline(self, fn: str, data: bytes, meta: CallMeta) -> Outcome | None:
         """Run on the event loop thread within a small budget; None if it overran."""
-        budget = dataclasses.replace(
-            meta, deadline=min(meta.deadline, time.monotonic() + INLINE_BUDGET_S)
-        )
+        budget = meta.until(min(meta.deadline, time.monotonic() + INLINE_BUDGET_S))
         out = self.pool.run(fn, data, budget)
         if (
             isinstance(out.error, Timeout)
@@ -177,10 +175,6 @@ class HostedVersion:
             self.inline.record(fn, out.invocation.duration_us)
         out.inline = True
         return out
-
-    def _gauges(self, delta: int) -> None:
-        self._busy_gauge.inc(delta)
-        self._idle_gauge.set(self.pool.idle)
 
     async def drain(self, executor: Executor, timeout_s: float) -> None:
         """Take no new calls, let in-flight ones finish (bounded), then close the pool."""

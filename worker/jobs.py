@@ -7,6 +7,13 @@ as many jobs as the plugin has free instances (pull-based backpressure) and
 marks long jobs in progress so they are not redelivered while it is alive.
 A job that fails every delivery, or fails in a way no retry can fix, goes to
 the dead-letter stream and its caller gets the error as its result.
+
+Free instances bound the jobs that are waiting for or running in a guest; a job
+whose call is done no longer holds one while its result is stored and acked (a
+JetStream round trip), so the next jobs are pulled meanwhile. ``MAX_STORING``
+bounds those finished-but-unacked jobs. A worker that dies holding some of them
+loses nothing: they are redelivered, and one whose result was stored is acked
+without running again.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -45,18 +53,52 @@ from .executor import Executor
 from .hosted import HostedPlugin
 from .pulling import PERMANENT, bind_pull, fetch_some, keep_alive, retry_delay
 from .runtime import WorkerCaps
+from .tracing import Tracing
 
 log = logging.getLogger("forge.worker.jobs")
 
 #: How long one fetch waits for jobs before checking capacity again.
 FETCH_WAIT_S = 2.0
 MAX_BATCH = 64
+#: Most jobs of one plugin whose results are being stored and acked at once.
+MAX_STORING = 256
 #: JetStream's error code for "maximum messages per subject exceeded" (result already stored).
 ERR_SUBJECT_FULL = 10077
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class _JobSlot:
+    """What one fetched job counts against: the plugin's instances until its call is
+    over, then the storing bound until its result is stored and it is acked."""
+
+    __slots__ = ("_freed", "_inflight", "_plugin", "_stored", "_storing")
+
+    def __init__(
+        self,
+        inflight: dict[str, int],
+        storing: dict[str, int],
+        freed: asyncio.Event,
+        plugin: str,
+    ) -> None:
+        self._inflight, self._storing, self._freed, self._plugin = inflight, storing, freed, plugin
+        self._stored = False
+
+    def called(self) -> None:
+        if not self._stored:
+            self._stored = True
+            self._inflight[self._plugin] -= 1
+            self._storing[self._plugin] += 1
+            self._freed.set()
+
+    def release(self) -> None:
+        if self._stored:
+            self._storing[self._plugin] -= 1
+        else:
+            self._inflight[self._plugin] -= 1
+        self._freed.set()
 
 
 class JobRunner:
@@ -69,6 +111,7 @@ class JobRunner:
         worker_id: str,
         caps: WorkerCaps,
         backoff_s: tuple[float, ...] = (0.5, 2.0, 5.0),
+        tracing: Tracing | None = None,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=5)
@@ -80,14 +123,20 @@ class JobRunner:
         self.backoff_s = backoff_s
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, int] = {}
+        """Jobs per plugin fetched and not yet through their guest call."""
+        self._storing: dict[str, int] = {}
+        """Jobs per plugin whose call is done and whose result or ack is on its way."""
         self._freed: dict[str, asyncio.Event] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        if tracing is not None:  # a span per job attempt (off by default)
+            self._execute = tracing.job(self._execute)  # type: ignore[method-assign,assignment]
 
     async def start(self, plugin: str) -> None:
         """Start pulling the plugin's jobs (idempotent)."""
         task = self._loops.get(plugin)
         if task is None or task.done():
             self._inflight.setdefault(plugin, 0)
+            self._storing.setdefault(plugin, 0)
             self._freed.setdefault(plugin, asyncio.Event())
             self._loops[plugin] = asyncio.create_task(self._loop(plugin))
 
@@ -108,7 +157,9 @@ class JobRunner:
     # --- pulling -----------------------------------------------------------------
     def _free(self, plugin: str) -> int:
         hp = self.hosted.get(plugin)
-        return 0 if hp is None else hp.capacity() - self._inflight[plugin]
+        if hp is None or self._storing[plugin] >= MAX_STORING:
+            return 0
+        return hp.capacity() - self._inflight[plugin]
 
     async def _loop(self, plugin: str) -> None:
         psub, max_deliver, ack_wait = await bind_pull(
@@ -140,18 +191,20 @@ class JobRunner:
     # --- one job -------------------------------------------------------------------
     async def _run(self, plugin: str, msg: Msg, max_deliver: int, ack_wait: float) -> None:
         keepalive = asyncio.create_task(keep_alive(msg, ack_wait))
+        slot = _JobSlot(self._inflight, self._storing, self._freed[plugin], plugin)
         try:
-            await self._handle(plugin, msg, max_deliver)
+            await self._handle(plugin, msg, max_deliver, slot.called)
         except Exception:
             # Could not store the outcome (the bus is down?): leave the job unacked so it
             # is redelivered once the ack wait passes.
             log.exception("event=job_failed plugin=%s", plugin)
         finally:
             keepalive.cancel()
-            self._inflight[plugin] -= 1
-            self._freed[plugin].set()
+            slot.release()
 
-    async def _handle(self, plugin: str, msg: Msg, max_deliver: int) -> None:
+    async def _handle(
+        self, plugin: str, msg: Msg, max_deliver: int, called: Callable[[], None]
+    ) -> None:
         attempt = msg.metadata.num_delivered
         fn = msg.subject.rsplit(".", 1)[-1]
         try:
@@ -166,6 +219,7 @@ class JobRunner:
                 metrics.JOBS_DONE.labels(plugin, "already_stored").inc()
                 return
         result = await self._execute(plugin, fn, job, (msg.headers or {}).get(HEADER_TRACEPARENT))
+        called()
         code = result.error.code if result.error else None
         if result.ok:
             await self._store(job, result, attempt)
