@@ -268,9 +268,12 @@ class DeploymentWatcher:
         raise AssertionError("unreachable")
 
     async def _remove(self, plugin: str) -> None:
-        hp = self.hosted.pop(plugin, None)
+        # Leave the subjects first, serving what NATS already routed here (drain), and
+        # let the calls just handed to tasks pick their version; only then forget it.
         for server in self.servers:
             await server.stop(plugin)
+        await asyncio.sleep(0)  # one loop turn: tasks created by the drain start running
+        hp = self.hosted.pop(plugin, None)
         if hp is not None:
             for hv in hp.versions.values():
                 self._drain(hv)

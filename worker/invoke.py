@@ -34,6 +34,7 @@ from .executor import Executor
 from .hosted import HostedPlugin
 from .runtime import WorkerCaps
 from .syscalls import SyscallBus
+from .tracing import Tracing
 
 log = logging.getLogger("forge.worker.invoke")
 
@@ -53,6 +54,7 @@ class InvokeServer:
         syscalls: SyscallBus,
         worker_id: str,
         caps: WorkerCaps,
+        tracing: Tracing | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
@@ -62,12 +64,13 @@ class InvokeServer:
         self.worker_id = worker_id
         self.caps = caps
         self._subs: dict[str, Subscription] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[CallResult]] = set()
         self._inline_subjects: dict[str, bool] = {}
         self._parsed: dict[str, tuple[str, str]] = {}
-        self._metric_series: dict[tuple[str, str], metrics.CallSeries] = {}
         self.calls_total = 0
         self.errors_total = 0
+        if tracing is not None:  # spans are off by default, and then cost nothing per call
+            self._serve = tracing.invoke(self._serve)  # type: ignore[method-assign,assignment]
 
     async def start(self, plugin: str) -> None:
         """Join the plugin's queue group."""
@@ -81,10 +84,13 @@ class InvokeServer:
             )
 
     async def stop(self, plugin: str) -> None:
-        """Leave the plugin's queue group."""
+        """Leave the plugin's queue group, serving the calls already routed here."""
         sub = self._subs.pop(plugin, None)
         if sub is not None:
-            await sub.unsubscribe()
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except Exception as e:  # the connection is closing: nothing more will come
+                log.warning("event=drain_failed plugin=%s error=%r", plugin, e)
 
     async def stop_all(self, timeout_s: float) -> None:
         """Leave every queue group, then let in-flight calls finish (bounded)."""
@@ -92,13 +98,6 @@ class InvokeServer:
             await self.stop(plugin)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
-
-    def _series(self, plugin: str, fn: str) -> metrics.CallSeries:
-        key = (plugin, fn)
-        series = self._metric_series.get(key)
-        if series is None:
-            series = self._metric_series[key] = metrics.CallSeries(plugin, fn)
-        return series
 
     async def _on_msg(self, msg: Msg) -> None:
         # A subject whose last call ran inline is served right here: no task, no hand-off
@@ -110,7 +109,7 @@ class InvokeServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, msg: Msg) -> None:
+    async def _serve(self, msg: Msg) -> CallResult:
         started = time.perf_counter()
         plugin = fn = version = ""
         logs: list[tuple[int, str]] = []
@@ -140,8 +139,8 @@ class InvokeServer:
             self.errors_total += 1
             if result.error and result.error.code.value == "BAD_REQUEST":
                 metrics.BAD_MESSAGES.labels("invoke").inc()
-        series = self._series(plugin, fn)
-        series.calls(version, outcome).inc()
+        series = metrics.CALLS.series(plugin, fn)
+        series.count(version, outcome)
         series.seconds.observe(time.perf_counter() - started)
         if msg.reply:
             try:
@@ -152,6 +151,7 @@ class InvokeServer:
             await self.syscalls.logs(
                 plugin, version, fn, logs, (msg.headers or {}).get(HEADER_TRACEPARENT)
             )
+        return result
 
     async def _call(
         self, msg: Msg, plugin: str, fn: str
@@ -188,7 +188,7 @@ class InvokeServer:
             ), out.logs
         inv = out.invocation
         assert inv is not None
-        self._series(plugin, fn).guest.observe(inv.duration_us / 1e6)
+        metrics.CALLS.series(plugin, fn).guest.observe(inv.duration_us / 1e6)
         return CallResult(
             ok=True,
             output=inv.output,
