@@ -89,7 +89,7 @@ async def grant_examples(client: ForgeClient, packages: list[Path]) -> None:
 
 
 def ensure_dev_auth(base: Path) -> tuple[Path, Path]:
-    """NATS users for the four roles (created on first run) and a server config using them."""
+    """NATS users for every role (created on first run) and a server config using them."""
     auth_dir = base / "auth"
     if not (auth_dir / CONFIG_NAME).exists():
         init_auth(auth_dir, force=True)

@@ -45,6 +45,20 @@ from .messages import (
     WorkersReply,
     WorkersRequest,
 )
+from .triggers import (
+    TriggerAddRequest,
+    TriggerDeadLetter,
+    TriggerListReply,
+    TriggerListRequest,
+    TriggerPauseRequest,
+    TriggerRemoved,
+    TriggerRemoveRequest,
+    TriggerReply,
+    TriggerResumeRequest,
+    TriggerShowRequest,
+    TriggerSpec,
+    TriggerStats,
+)
 
 JSON_DIR = Path(__file__).parent / "json"
 DOCUMENTED: tuple[type[Struct], ...] = (
@@ -74,6 +88,18 @@ DOCUMENTED: tuple[type[Struct], ...] = (
     HistoryRequest,
     HistoryReply,
     RollbackRequest,
+    TriggerSpec,
+    TriggerStats,
+    TriggerDeadLetter,
+    TriggerAddRequest,
+    TriggerListRequest,
+    TriggerShowRequest,
+    TriggerPauseRequest,
+    TriggerResumeRequest,
+    TriggerRemoveRequest,
+    TriggerReply,
+    TriggerListReply,
+    TriggerRemoved,
 )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
 from nats.aio.client import Client
@@ -35,17 +36,20 @@ from coordinator.auth import (
     BCRYPT_COST,
     CONFIG_NAME,
     ROLES,
+    GatewayScope,
     add_auth_commands,
     bcrypt_hash,
     bcrypt_salt,
     control_buckets,
     creds_name,
+    gateway_scope,
     init_auth,
     role_permissions,
 )
 from coordinator.client import ForgeClient
 from coordinator.embedded_nats import MAX_PAYLOAD, NatsServer, free_port
-from schemas.codec import decode, encode
+from coordinator.gateway import Gateway, GatewayConfig
+from schemas.codec import decode, encode, from_obj
 from schemas.credentials import connect_options
 from schemas.errors import BadRequest, Denied, PluginNotFound
 from schemas.messages import DeployRequest, LogEvent
@@ -105,6 +109,15 @@ class Conn:
 
         await eventually(seen, 5, f"a permissions violation for {subject}")
 
+    async def subscription_violation(self, subject: str) -> None:
+        """Wait for the server's permissions violation for subscribing to ``subject``."""
+        wanted = f'permissions violation for subscription to "{subject}"'.lower()
+
+        async def seen() -> bool:
+            return any(wanted in e.lower() for e in self.errors)
+
+        await eventually(seen, 5, f"a subscription violation for {subject}")
+
 
 async def connect_as(cluster: AuthCluster, role: str) -> Conn:
     errors: list[str] = []
@@ -127,8 +140,18 @@ TRIGGER_SUBJECTS, TRIGGER_STREAM = "orders.sub.>", "ORDERS"
 #: triggers consume and reads their outputs (plain password: a test-only user).
 APP_USER = (
     '    {user: "app", password: "app-secret", permissions: '
-    '{publish: ["orders.>"], subscribe: ["events.>", "_INBOX.>"]}}\n'
+    '{publish: ["orders.>"], subscribe: ["events.>", "hooks.>", "_INBOX.>"]}}\n'
 )
+
+
+#: The gateway's routes: its NATS user is made from them (``--gateway-config``).
+GATEWAY_ROUTES: dict[str, object] = {
+    "invoke": [{"plugin": "echo", "functions": ["upper"]}, {"plugin": "ghost"}],
+    "hooks": [
+        {"name": "orders", "subject": "hooks.orders"},
+        {"name": "stored", "subject": "hooks.stored", "jetstream": True},
+    ],
+}
 
 
 #: A second worker user, with the worker role's permissions, for revoking one user.
@@ -145,11 +168,14 @@ def user_block(config: str, user: str) -> str:
 def auth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthCluster]:
     root = tmp_path_factory.mktemp("auth")
     auth_dir = root / "auth"
+    gateway_config = root / "gateway.json"
+    gateway_config.write_text(json.dumps(GATEWAY_ROUTES))
     init_auth(
         auth_dir,
         cost=4,  # the tests of bcrypt and of `forgeone dev --auth` use the default
         trigger_subjects=[TRIGGER_SUBJECTS],
         trigger_streams=[TRIGGER_STREAM],
+        gateway_config=gateway_config,
     )
     config = (auth_dir / CONFIG_NAME).read_text()
     worker = user_block(config, "forge-worker")
@@ -189,6 +215,7 @@ def test_auth_init_writes_config_and_private_credentials(tmp_path: Path) -> None
     out = tmp_path / "auth"
     assert parser.parse_args(["auth", "init", "--out", "x"]).bcrypt_cost == BCRYPT_COST
     args = ["--emit", "metrics.>", "--trigger-subject", "orders.*", "--trigger-stream", "ORDERS"]
+    args += ["--gateway-invoke", "echo/upper", "--gateway-hook", "hooks.x"]
     a = parser.parse_args(["auth", "init", "--out", str(out), "--bcrypt-cost", "4", *args])
     assert a.func(a) == 0
 
@@ -209,6 +236,9 @@ def test_auth_init_writes_config_and_private_credentials(tmp_path: Path) -> None
     assert config.count("allow_responses: true") == 2  # coordinator and worker answer requests
     assert '"orders.* *"' in config  # subject triggers listen only in queue groups
     assert '"$JS.API.CONSUMER.MSG.NEXT.ORDERS.*"' in config
+    gateway = user_block(config, "forge-gateway")
+    assert '"forge.invoke.echo.upper", ' in gateway and '"hooks.x"]' in gateway
+    assert "forge.invoke.*" not in gateway and "allow_responses" not in gateway
 
     # existing files are kept unless --force
     a = parser.parse_args(["auth", "init", "--out", str(out)])
@@ -223,6 +253,12 @@ def test_auth_init_writes_config_and_private_credentials(tmp_path: Path) -> None
             init_auth(tmp_path / "bad", emit=[bad])
         with pytest.raises(ValueError, match="--trigger-subject"):
             init_auth(tmp_path / "bad", trigger_subjects=[bad])
+        with pytest.raises(ValueError, match="--gateway-hook"):
+            init_auth(tmp_path / "bad", gateway_hooks=[bad])
+    with pytest.raises(ValueError, match="--gateway-invoke"):
+        init_auth(tmp_path / "bad", gateway_invoke=["Echo/upper"])
+    with pytest.raises(ValueError, match="--gateway-config"):
+        init_auth(tmp_path / "bad", gateway_config=tmp_path / "missing.json")
     for stream in ("FORGE_JOBS", "KV_forge_deployments", "a.b", "*"):
         with pytest.raises(ValueError, match="--trigger-stream"):
             init_auth(tmp_path / "bad", trigger_streams=[stream])
@@ -249,6 +285,60 @@ def test_role_permissions_follow_the_prefix_and_keep_the_control_plane_to_the_co
     assert "audit.>" in perms["worker"].publish_allow
     assert perms["worker"].subscribe_allow == ("acme.invoke.> forge-workers", "_INBOX.>")
     assert "acme.>" in perms["coordinator"].publish_allow
+    gateway = perms["gateway"]  # no routes given: any plugin, as a client, and no hook
+    assert "acme.invoke.*.*" in gateway.publish_allow
+    assert {"acme.admin.>", "acme.jobs.>", "$KV.acme_deployments.>", "$O.>"} <= set(
+        gateway.publish_deny
+    )
+    assert gateway.subscribe_allow == ("_INBOX.>",) and not gateway.allow_responses
+
+
+def test_gateway_user_follows_its_routes(tmp_path: Path) -> None:
+    s = Subjects("acme")
+    assert gateway_scope(s) == GatewayScope((("*", "*"),), ())
+    assert gateway_scope(s, ["echo/upper", "echo", "*/run", "echo"]).invoke == (
+        ("echo", "upper"),
+        ("echo", "*"),
+        ("*", "run"),
+    )
+    assert gateway_scope(s, ["echo", "*"]).invoke == (("*", "*"),)
+
+    routes = tmp_path / "gateway.json"
+    routes.write_text(json.dumps(GATEWAY_ROUTES))
+    scope = gateway_scope(s, config=routes)
+    assert scope == GatewayScope(
+        (("echo", "upper"), ("ghost", "*")), ("hooks.orders", "hooks.stored")
+    )
+    perms = role_permissions(s, gateway=scope)["gateway"]
+    assert perms.publish_allow == (
+        "acme.invoke.echo.upper",
+        "acme.invoke.ghost.*",
+        "$JS.API.STREAM.INFO.KV_acme_deployments",
+        "$JS.API.STREAM.MSG.GET.KV_acme_deployments",
+        "$JS.API.DIRECT.GET.KV_acme_deployments",
+        "$JS.API.DIRECT.GET.KV_acme_deployments.>",
+        "hooks.orders",
+        "hooks.stored",
+    )
+    hooks_only = tmp_path / "hooks.json"  # a gateway without invoke routes invokes nothing
+    hooks_only.write_text(json.dumps({"hooks": GATEWAY_ROUTES["hooks"]}))
+    scope = gateway_scope(s, ["echo/upper"], config=hooks_only)
+    assert scope.invoke == (("echo", "upper"),)
+    assert role_permissions(s, gateway=gateway_scope(s, config=hooks_only))[
+        "gateway"
+    ].publish_allow == ("hooks.orders", "hooks.stored")
+
+    for bad in ("Echo", "echo/", "echo/up-per", "echo/a/b", "echo.upper", ""):
+        with pytest.raises(ValueError, match="--gateway-invoke"):
+            gateway_scope(s, [bad])
+    inside = tmp_path / "inside.json"
+    inside.write_text(json.dumps({"hooks": [{"name": "evil", "subject": "acme.admin.deploy"}]}))
+    with pytest.raises(ValueError, match="--gateway-config hook 'evil'"):
+        gateway_scope(s, config=inside)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"invoke": [{"plugin": "Not A Name"}]}')
+    with pytest.raises(ValueError, match="--gateway-config"):
+        gateway_scope(s, config=broken)
 
 
 @pytest.mark.parametrize(
@@ -562,6 +652,73 @@ async def test_triggers_run_within_the_worker_role(auth_cluster: AuthCluster) ->
         await coordinator.nc.close()
 
 
+async def test_gateway_credentials_serve_its_routes_and_nothing_else(
+    auth_cluster: AuthCluster,
+) -> None:
+    server_log = auth_cluster.nats.store_dir / "nats-server.log"
+    seen_before = server_log.stat().st_size
+    coordinator = await connect_as(auth_cluster, "coordinator")
+    app = await nats.connect(auth_cluster.url, user="app", password="app-secret")
+    client = await auth_cluster.client_as("gateway")
+    runner, port = await Gateway(client, from_obj(GatewayConfig, GATEWAY_ROUTES)).start(
+        "127.0.0.1", 0
+    )
+    url = f"http://127.0.0.1:{port}"
+    raw = await connect_as(auth_cluster, "gateway")
+    try:
+        # the operator's stream behind the JetStream hook
+        await coordinator.nc.jetstream().add_stream(name="HOOKS", subjects=["hooks.stored"])
+        hooked: asyncio.Queue[Msg] = asyncio.Queue()
+        await app.subscribe("hooks.orders", cb=hooked.put)
+        await app.flush()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/invoke/echo/upper", data=b"via http") as r:
+                assert r.status == 200 and await r.read() == b"VIA HTTP"
+            async with http.post(f"{url}/invoke/ghost/run", data=b"") as r:
+                # nobody answers: the deployments bucket tells "not deployed"
+                assert r.status == 404
+                assert (await r.json())["error"]["code"] == "PLUGIN_NOT_FOUND"
+            async with http.post(f"{url}/hooks/orders", data=b'{"id": 7}') as r:
+                assert r.status == 202
+            msg = await asyncio.wait_for(hooked.get(), 10)
+            assert msg.data == b'{"id": 7}' and (msg.headers or {})["Forge-Hook"] == "orders"
+            key = {"Idempotency-Key": "order-7"}
+            async with http.post(f"{url}/hooks/stored", data=b"kept", headers=key) as r:
+                stored = await r.json()
+                assert r.status == 202 and stored["stream"] == "HOOKS" and stored["seq"] == 1
+        with server_log.open() as f:
+            f.seek(seen_before)
+            assert "Violation" not in f.read()  # all of it within the gateway role
+
+        # and nothing beyond its routes: other functions and plugins, admin requests,
+        # jobs, the control-plane buckets, subjects no hook names
+        for subject in (
+            SUBJECTS.invoke("echo", "echo"),
+            SUBJECTS.invoke("hello", "greet"),
+            SUBJECTS.admin("list"),
+        ):
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await raw.nc.request(subject, b"", timeout=DENIED_WAIT_S)
+            await raw.violation(subject)
+        for subject in (
+            SUBJECTS.jobs("echo", "upper"),
+            f"$KV.{SUBJECTS.deployments_bucket}.echo",
+            "hooks.other",
+        ):
+            await raw.nc.publish(subject, b"x")
+            await raw.violation(subject)
+        # nor listen to what others send: invocations, or a hook's events
+        for pattern in (f"{SUBJECTS.prefix}.invoke.>", "hooks.orders"):
+            await raw.nc.subscribe(pattern)
+            await raw.subscription_violation(pattern)
+    finally:
+        await raw.nc.close()
+        await runner.cleanup()
+        await client.close()
+        await app.close()
+        await coordinator.nc.close()
+
+
 def test_dev_auth_runs_every_process_as_its_role(tmp_path: Path, plugins: dict[str, Path]) -> None:
     code = (
         "import argparse, sys\n"
@@ -581,7 +738,7 @@ def test_dev_auth_runs_every_process_as_its_role(tmp_path: Path, plugins: dict[s
     )
     out = r.stdout.decode()
     assert r.returncode == 0, out + r.stderr.decode()
-    assert "created NATS users for coordinator, worker, client, publisher" in out
+    assert "created NATS users for coordinator, worker, client, publisher, gateway" in out
     assert "echo.upper(b'hello, forgeone') -> HELLO, FORGEONE" in out
     assert "hello.greet(b'operator') -> Hello, operator!" in out
     for role in ROLES:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import schemas.codec as codec
 import schemas.messages as messages
+import schemas.triggers as triggers
 from schemas.codec import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_STR,
@@ -70,6 +71,23 @@ from schemas.messages import (
     WorkersRequest,
 )
 from schemas.policy import PolicyRecord
+from schemas.triggers import (
+    SourceKind,
+    TriggerAddRequest,
+    TriggerCounters,
+    TriggerDeadLetter,
+    TriggerListReply,
+    TriggerListRequest,
+    TriggerPauseRequest,
+    TriggerRemoved,
+    TriggerRemoveRequest,
+    TriggerReply,
+    TriggerResumeRequest,
+    TriggerShowRequest,
+    TriggerSpec,
+    TriggerStats,
+    TriggerStatus,
+)
 
 FUZZ = settings(
     max_examples=250,
@@ -80,9 +98,12 @@ FUZZ = settings(
 
 #: Every top-level message type the bus carries.
 MESSAGE_CLASSES: tuple[type[Message], ...] = tuple(
-    cls
-    for _, cls in inspect.getmembers(messages, inspect.isclass)
-    if issubclass(cls, Message) and cls is not Message
+    dict.fromkeys(
+        cls
+        for module in (messages, triggers)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, Message) and cls is not Message
+    )
 )
 
 # --- realistic samples --------------------------------------------------------------------
@@ -147,6 +168,122 @@ JOB = JobRequest(
     submitted_at_ms=1_717_171_717_000,
     version="1.2.0",
 )
+
+
+def sample_trigger() -> TriggerSpec:
+    return TriggerSpec(
+        name="orders-enrich",
+        source=SourceKind.STREAM,
+        plugin="textstats",
+        fn="count_words",
+        stream="ORDERS",
+        filter="orders.*.created",
+        start="time:2024-06-01T00:00:00Z",
+        output="orders.{2}.enriched",
+        max_in_flight=64,
+        max_deliver=8,
+        backoff_ms=[250, 1000, 5000],
+        ack_wait_ms=60_000,
+        timeout_ms=1500,
+        dead_letter="orders.dlq",
+        ordered_by=2,
+        created_at_ms=1_717_171_700_000,
+    )
+
+
+SUBJECT_TRIGGER = TriggerSpec(
+    name="echo-requests",
+    source=SourceKind.SUBJECT,
+    plugin="echo",
+    fn="echo",
+    subject="svc.echo.>",
+    paused=True,
+)
+
+
+def sample_trigger_status() -> TriggerStatus:
+    return TriggerStatus(
+        spec=sample_trigger(),
+        state="active",
+        hosted_by=["w-3f9a2c", "w-77b1"],
+        bound_on=["w-3f9a2c"],
+        pending=1_204,
+        in_flight=64,
+        redelivered=3,
+        oldest_age_ms=850,
+        rate_per_s=412.5,
+        events=98_311,
+        ok=98_240,
+        errors=71,
+        dead_lettered=2,
+        last_error="TRAP: wasm trap: unreachable executed",
+    )
+
+
+def trigger_samples() -> list[Message]:
+    """The trigger definitions, worker reports and admin messages (schemas/triggers)."""
+    status = sample_trigger_status()
+    return [
+        sample_trigger(),
+        SUBJECT_TRIGGER,
+        TriggerStats(
+            worker_id="w-3f9a2c",
+            started_at_ms=1_717_171_000_000,
+            sent_at_ms=1_717_171_717_000,
+            interval_ms=2000,
+            triggers=[
+                TriggerCounters(
+                    name="orders-enrich",
+                    bound=True,
+                    events=50_120,
+                    ok=50_011,
+                    errors=40,
+                    dead_lettered=1,
+                    in_flight=64,
+                    rate_per_s=206.25,
+                    last_error="TIMEOUT: call exceeded 1500 ms",
+                ),
+                TriggerCounters(name="echo-requests"),
+            ],
+        ),
+        TriggerStats(worker_id="w-1", stopping=True),
+        TriggerDeadLetter(
+            trigger="orders-enrich",
+            plugin="textstats",
+            fn="count_words",
+            subject="orders.eu.created",
+            error=ErrorInfo(ErrorCode.TRAP, "wasm trap: unreachable executed"),
+            data=b'{"order": 1234, "items": 3}',
+            headers={"Nats-Msg-Id": "order-1234", "traceparent": "00-4bf9-00f0-01"},
+            stream="ORDERS",
+            stream_seq=88_412,
+            attempts=8,
+            worker="w-3f9a2c",
+            at_ms=1_717_171_799_000,
+        ),
+        TriggerDeadLetter(
+            trigger="echo-requests",
+            plugin="echo",
+            fn="echo",
+            subject="svc.echo.x",
+            error=ErrorInfo(ErrorCode.INPUT_TOO_LARGE, "input is 2 MiB, the limit is 1 MiB"),
+            attempts=1,
+        ),
+        TriggerAddRequest(spec=sample_trigger()),
+        TriggerAddRequest(spec=SUBJECT_TRIGGER),
+        TriggerListRequest(),
+        TriggerShowRequest(name="orders-enrich"),
+        TriggerPauseRequest(name="orders-enrich"),
+        TriggerResumeRequest(name="orders-enrich"),
+        TriggerRemoveRequest(name="echo-requests"),
+        TriggerReply(status=status, warnings=["stream ORDERS keeps 1 day of events"]),
+        TriggerReply(status=TriggerStatus(spec=SUBJECT_TRIGGER, state="paused")),
+        TriggerListReply(
+            triggers=[status, TriggerStatus(spec=SUBJECT_TRIGGER, state="no workers")]
+        ),
+        TriggerListReply(),
+        TriggerRemoved(name="echo-requests"),
+    ]
 
 
 def sample_messages() -> list[Message]:
@@ -256,6 +393,7 @@ def sample_messages() -> list[Message]:
         WorkersRequest(),
         WorkersReply(workers=[sample_heartbeat(), Heartbeat(worker_id="w-2")]),
         ErrorReply(error=ErrorInfo.of(PluginNotFound("no deployment for 'nope'"))),
+        *trigger_samples(),
     ]
 
 

@@ -23,12 +23,13 @@
  *   FORGE_HANDLER(echo) { return forge_output_copy(input, input_len); }
  *
  * Host functions are declared below. Only those a plugin actually calls
- * become imports of its module, and each one except set_error and reject
- * needs a permission in forge.json that the operator's policy grants
- * (docs/abi.md section 3; a call without the grant fails the whole call with
- * DENIED). Functions that return data (config_get, kv_get, call) put it in a
- * block the host obtained from this module's own `alloc`; the plugin owns it
- * and should release it (forge_buf_free) when done.
+ * become imports of its module, and each one except set_error, reject,
+ * event_subject and event_header needs a permission in forge.json that the
+ * operator's policy grants (docs/abi.md section 3; a call without the grant
+ * fails the whole call with DENIED). Functions that return data (config_get,
+ * kv_get, call, event_subject, event_header) put it in a block the host
+ * obtained from this module's own `alloc`; the plugin owns it and should
+ * release it (forge_buf_free) when done.
  */
 #ifndef FORGE_H
 #define FORGE_H
@@ -82,7 +83,7 @@ enum {
  * packed block (see forge_unpack below) on success.
  */
 #define FORGE_HOST_OK 0
-#define FORGE_HOST_NOT_FOUND (-1) /* no such key / config entry / plugin or function */
+#define FORGE_HOST_NOT_FOUND (-1) /* no such key / config entry / plugin, function or event */
 #define FORGE_HOST_DENIED (-2)    /* the called plugin refused (call only) */
 #define FORGE_HOST_FAILED (-3)    /* the bus or the called plugin failed */
 #define FORGE_HOST_TIMEOUT (-4)   /* the call's remaining deadline ran out while waiting */
@@ -161,6 +162,18 @@ int32_t forge_kv_put(const void *bucket, size_t bucket_len, const void *key, siz
 FORGE_IMPORT("call")
 int64_t forge_call(const void *plugin, size_t plugin_len, const void *fn, size_t fn_len,
                    const void *input, size_t input_len);
+
+/* forge.event_subject() -> i64                              no permission
+ * The subject of the event a trigger runs this call for: a packed block,
+ * FORGE_HOST_NOT_FOUND when the call is not handling a trigger event (an
+ * invoke, a job, a nested call), or FORGE_HOST_TOO_LARGE if alloc() returned 0. */
+FORGE_IMPORT("event_subject") int64_t forge_event_subject(void);
+
+/* forge.event_header(name_ptr: i32, name_len: i32) -> i64   no permission
+ * The value of header name (UTF-8, at most 256 bytes, matched exactly) of
+ * that event: a packed block, 0 for an empty value, FORGE_HOST_NOT_FOUND
+ * (no such header, or no trigger event), or FORGE_HOST_TOO_LARGE. */
+FORGE_IMPORT("event_header") int64_t forge_event_header(const void *name, size_t name_len);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -309,6 +322,11 @@ static inline forge_buf_t forge_call_str(const char *plugin, const char *fn, con
                                          size_t input_len) {
     return forge_unpack(
         forge_call(plugin, forge_strlen(plugin), fn, forge_strlen(fn), input, input_len));
+}
+
+/* Header of the current trigger event: .err is FORGE_HOST_NOT_FOUND when there is none. */
+static inline forge_buf_t forge_event_header_str(const char *name) {
+    return forge_unpack(forge_event_header(name, forge_strlen(name)));
 }
 
 #ifdef FORGE_IMPLEMENTATION
