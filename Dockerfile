@@ -29,7 +29,7 @@ COPY coordinator ./coordinator
 
 # Install, smoke-test the entry points, then drop the venv's own pip and setuptools
 # (nothing installs packages at run time).
-RUN /opt/venv/bin/pip install . \
+RUN /opt/venv/bin/pip install ".[otel]" \
     && /opt/venv/bin/forgeone --help >/dev/null \
     && /opt/venv/bin/forgeone-worker --help >/dev/null \
     && /opt/venv/bin/python -c "import wasmtime; wasmtime.Engine()" \

@@ -33,6 +33,7 @@ from .cli_triggers import add_trigger_commands
 from .cli_versions import add_version_commands, deploy_line, record_line, weights_text
 from .client import ForgeClient
 from .extism_manifest import add_extism_pack_arguments, cmd_pack_extism
+from .placement import mib, short_reason
 from .settings import CoordinatorSettings, JobSettings, env_default
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -141,6 +142,8 @@ async def cmd_list(a: argparse.Namespace) -> int:
             return 0
         if not plugins:
             print("no plugins deployed")
+        short = any(len(p.ready_workers) < p.wanted for p in plugins)
+        workers = await c.workers() if short else []
         for p in plugins:
             v = p.record.active()
             versions = weights_text(p.record) if len(p.record.versions) > 1 else v.version
@@ -151,6 +154,9 @@ async def cmd_list(a: argparse.Namespace) -> int:
             )
             for w, err in p.failed_workers.items():
                 print(f"    FAILED on {w}: {err}")
+            if len(p.ready_workers) < p.wanted:
+                why = short_reason(p.record, workers, [q.record for q in plugins])
+                print(f"    SHORT: {why or 'waiting for heartbeats'}")
         return 0
 
     return await _with_client(a, body)
@@ -170,10 +176,11 @@ async def cmd_workers(a: argparse.Namespace) -> int:
                 for p in w.plugins
             )
             labels = ",".join(f"{k}={v}" for k, v in w.labels.items()) or "-"
+            budget = mib(w.memory_budget_bytes) if w.memory_budget_bytes else "unlimited"
             print(
-                f"{w.worker_id:<24} slots {w.slots_busy}/{w.slots_total}  calls "
-                f"{w.calls_total}  rss {w.rss_bytes // (1024 * 1024)}MiB  labels {labels}  "
-                f"plugins: {plugins or '-'}"
+                f"{w.worker_id:<24} slots {w.slots_busy}/{w.slots_total}  calls/s "
+                f"{w.calls_per_s:.1f}  calls {w.calls_total}  rss {mib(w.rss_bytes)}  "
+                f"budget {budget}  labels {labels}  plugins: {plugins or '-'}"
             )
         return 0
 

@@ -19,6 +19,7 @@ from schemas.messages import Heartbeat
 
 from .client import ForgeClient
 from .jobs_client import JobStats
+from .registry import per_second
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,8 @@ async def snapshot(client: ForgeClient) -> Snapshot:
 
 
 def _rate(now: int, before: int | None, seconds: float) -> str:
-    if before is None or seconds <= 0:
-        return "-"
-    return f"{max(0, now - before) / seconds:.1f}"
+    rate = per_second(now, before, seconds)
+    return "-" if rate is None else f"{rate:.1f}"
 
 
 def render(cur: Snapshot, prev: Snapshot | None) -> Group:

@@ -203,6 +203,14 @@ class Heartbeat(Message):
     labels: dict[str, str] = field_spec(default_factory=dict)
     plugins: list[LoadedPlugin] = field_spec(default_factory=list)
     stopping: bool = field_spec(default=False, doc="Last heartbeat of a worker shutting down.")
+    memory_budget_bytes: int = field_spec(
+        default=0, ge=0, doc="Plugin memory placement may assign here, bytes; 0: unlimited."
+    )
+    calls_per_s: float = field_spec(
+        default=0.0,
+        doc="Calls per second since the previous heartbeat; set by the coordinator, "
+        "workers send 0.",
+    )
 
 
 # --- syscalls ----------------------------------------------------------------------

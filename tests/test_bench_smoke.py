@@ -48,10 +48,11 @@ def test_perf_quick_writes_samples_medians_and_ratios(tmp_path: Path) -> None:
     assert report["config"]["quick"] is True
 
     guest = report["sections"]["guest"]
-    for name in ("forge_call", "abi_floor_raw", "raw_nop", "raw_add", "func_call_nop"):
+    for name in ("forge_call", "abi_floor_c", "c_add", "raw_nop", "raw_add", "func_call_nop"):
         assert _positive(guest["median_us"][name]), name
         assert len(guest["samples_us"][name]) == report["config"]["guest_repeats"]
-    assert isinstance(guest["overhead_vs_raw_nop_us"], float)
+    assert isinstance(guest["abi_call_overhead_us"], float)
+    assert isinstance(guest["export_call_overhead_us"], float)
 
     transport = report["sections"]["transport"]
     assert set(transport) == {"echo", "fast", "fast-raw"}
@@ -67,7 +68,8 @@ def test_perf_quick_writes_samples_medians_and_ratios(tmp_path: Path) -> None:
 
     names = {t["name"] for t in report["targets"]}
     assert "fast/echo throughput, window 64, 100 B" in names
-    assert "guest call: ForgeV1Instance.call - raw call" in names
+    assert "forge/1 call: ForgeV1Instance.call - same C calls" in names
+    assert "guest export call: RawFunc add - C call" in names
     for t in report["targets"]:
         assert isinstance(t["ok"], bool) and _positive(abs(t["value"])), t
 

@@ -42,6 +42,7 @@ class Heartbeats:
         hosted: dict[str, HostedPlugin],
         executor: Executor,
         server: InvokeServer,
+        memory_budget_bytes: int = 0,
     ) -> None:
         self.nc = nc
         self.subject = subjects.heartbeat(worker_id)
@@ -51,6 +52,7 @@ class Heartbeats:
         self.hosted = hosted
         self.executor = executor
         self.server = server
+        self.memory_budget_bytes = memory_budget_bytes
         self.started_at_ms = int(time.time() * 1000)
 
     def snapshot(self, stopping: bool = False) -> Heartbeat:
@@ -77,6 +79,7 @@ class Heartbeats:
             labels=self.labels,
             plugins=plugins,
             stopping=stopping,
+            memory_budget_bytes=self.memory_budget_bytes,
         )
 
     async def send(self, stopping: bool = False) -> None:

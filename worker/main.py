@@ -34,6 +34,7 @@ from .policy import PolicyView
 from .settings import WorkerSettings, parse_args
 from .status_http import serve_status
 from .syscalls import SyscallBus
+from .tracing import Tracing, TracingUnavailable, traces_url
 from .triggers import TriggerRunner
 
 log = logging.getLogger("forge.worker")
@@ -151,7 +152,20 @@ async def wait_for_buckets(nc: Client, subjects: Subjects):  # type: ignore[no-u
             delay = min(delay * 2, 2.0)
 
 
+def start_tracing(settings: WorkerSettings) -> Tracing | None:
+    """The span exporter --otlp-endpoint asks for, or None (the default: no spans)."""
+    if not settings.otlp_endpoint:
+        return None
+    try:
+        tracing = Tracing(settings.worker_id, settings.otlp_endpoint)
+    except TracingUnavailable as e:
+        raise SystemExit(f"forgeone-worker: {e}") from None
+    log.info("event=tracing_on endpoint=%s", traces_url(settings.otlp_endpoint))
+    return tracing
+
+
 async def run(settings: WorkerSettings) -> int:
+    tracing = start_tracing(settings)
     subjects = Subjects(settings.prefix)
     nc = await connect(settings, f"forge-worker {settings.worker_id}")
     kv, obj, policy_kv, assignments = await wait_for_buckets(nc, subjects)
@@ -163,7 +177,7 @@ async def run(settings: WorkerSettings) -> int:
     hosted: dict[str, HostedPlugin] = {}
     syscalls = SyscallBus(nc, subjects, settings.worker_id)
     server = InvokeServer(
-        nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.caps
+        nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.caps, tracing
     )
     policy = PolicyView(policy_kv)
     bridge = HostBridge(asyncio.get_running_loop(), nc, subjects)
@@ -179,10 +193,17 @@ async def run(settings: WorkerSettings) -> int:
         bridge,
     )
     jobs = JobRunner(
-        nc, subjects, hosted, executor, settings.worker_id, settings.caps, settings.job_backoff_s
+        nc,
+        subjects,
+        hosted,
+        executor,
+        settings.worker_id,
+        settings.caps,
+        settings.job_backoff_s,
+        tracing,
     )
     triggers = TriggerRunner(
-        nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.heartbeat_s
+        nc, subjects, hosted, executor, syscalls, settings.worker_id, settings.heartbeat_s, tracing
     )
     watcher = DeploymentWatcher(
         kv,
@@ -203,6 +224,7 @@ async def run(settings: WorkerSettings) -> int:
         hosted,
         executor,
         server,
+        memory_budget_bytes=settings.memory_budget_bytes,
     )
 
     def ready() -> tuple[bool, str]:
@@ -257,6 +279,8 @@ async def run(settings: WorkerSettings) -> int:
     loader.close()
     executor.shutdown()
     engines.close()
+    if tracing is not None:  # export the last spans
+        await asyncio.to_thread(tracing.shutdown)
     log.info("event=worker_stopped id=%s", settings.worker_id)
     return 0
 

@@ -39,12 +39,16 @@ class WorkerSettings:
     """Instances created (and initialised) when a version loads."""
     labels: dict[str, str] = field(default_factory=dict)
     """Placement labels, from --label k=v."""
+    memory_budget_bytes: int = 0
+    """Plugin memory placement may assign here; 0 means unlimited (env FORGE_MEMORY_BUDGET)."""
     caps: WorkerCaps = field(default_factory=WorkerCaps)
     """Ceilings applied to every manifest's limits."""
     job_backoff_s: tuple[float, ...] = (0.5, 2.0, 5.0)
     """Delay before redelivering a failed job attempt, per attempt (the last repeats)."""
     credentials: str | None = None
     """NATS credentials file, if the server requires auth (env FORGE_NATS_CREDS)."""
+    otlp_endpoint: str = ""
+    """OTLP/HTTP collector to export spans to; empty: no spans (env OTEL_EXPORTER_OTLP_ENDPOINT)."""
 
     @property
     def effective_slots(self) -> int:
@@ -65,11 +69,21 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
     p.add_argument("--status-port", type=int, default=int(env.get("FORGE_STATUS_PORT", "0")))
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
     p.add_argument("--label", action="append", default=[], help="placement label k=v")
+    p.add_argument(
+        "--memory-budget",
+        default=env.get("FORGE_MEMORY_BUDGET", "0"),
+        help="plugin memory placement may assign here, e.g. 512MiB or 2GiB (0: unlimited)",
+    )
     p.add_argument("--creds", default=env.get("FORGE_NATS_CREDS"))
     p.add_argument(
         "--job-backoff",
         default=env.get("FORGE_JOB_BACKOFF", "0.5,2,5"),
         help="seconds before each retry of a failed job, comma-separated",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        help="export a span per call to this OTLP/HTTP collector, e.g. http://collector:4318",
     )
     a = p.parse_args(argv)
     labels = {}
@@ -92,9 +106,46 @@ def parse_args(argv: list[str] | None = None) -> WorkerSettings:
         status_port=a.status_port,
         heartbeat_s=a.heartbeat,
         labels=labels,
+        memory_budget_bytes=_size(p, a.memory_budget),
         credentials=a.creds,
         job_backoff_s=_floats(p, a.job_backoff),
+        otlp_endpoint=a.otlp_endpoint.strip(),
     )
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with an optional unit (``512MiB``, ``2GiB``, ``1.5G``,
+    ``100MB``); K, M, G and T alone are binary units. Raises ValueError."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size (e.g. 512MiB, 2GiB, 1048576)")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def _size(p: argparse.ArgumentParser, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        p.error(f"--memory-budget: {e}")
 
 
 def _floats(p: argparse.ArgumentParser, text: str) -> tuple[float, ...]:
