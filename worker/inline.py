@@ -20,6 +20,12 @@ FAST_US = 250.0
 #: How long a function that overran its budget stays on threads.
 COOLDOWN_S = 30.0
 _ALPHA = 0.1
+#: Longest duration one call adds to the average (microseconds). Call times are wall
+#: clock, so a call that was preempted or met a GC pause looks long; clamped, a single
+#: outlier moves the average by at most _ALPHA * CLAMP_US and cannot push a fast
+#: function off the inline path, while a function that is really slow still crosses
+#: FAST_US within a few calls.
+CLAMP_US = 4 * FAST_US
 
 
 class InlinePolicy:
@@ -37,8 +43,9 @@ class InlinePolicy:
         return until is None or time.monotonic() >= until
 
     def record(self, fn: str, duration_us: int) -> None:
+        us = min(float(duration_us), CLAMP_US)
         avg = self._avg_us.get(fn)
-        self._avg_us[fn] = duration_us if avg is None else avg + _ALPHA * (duration_us - avg)
+        self._avg_us[fn] = us if avg is None else avg + _ALPHA * (us - avg)
 
     def overran(self, fn: str) -> None:
         self._slow_until[fn] = time.monotonic() + COOLDOWN_S
