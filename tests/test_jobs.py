@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
 from bench.jobs_faults import JOBWORK_WAT, run_faults, run_poison
 from schemas.errors import DeadlineExceeded, ErrorCode, FunctionNotFound
@@ -116,3 +117,69 @@ def test_nothing_lost_through_faults(tmp_path: Path, mode: str) -> None:
     assert report.results == report.submitted == 400
     assert report.ok_results == 400
     assert report.stored_duplicates == 0, report.line()
+
+
+#: Logs "start", then spins until ``now()`` has advanced by the i64 nanoseconds given as
+#: input (8 bytes, little-endian).
+SLOW_WAT = """(module
+  (import "forge" "now" (func $now (result i64)))
+  (import "forge" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "start")
+  (func (export "alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wait") (param $p i32) (param $n i32) (result i64)
+    (local $until i64)
+    (call $log (i32.const 1) (i32.const 16) (i32.const 5))
+    (local.set $until (i64.add (call $now) (i64.load (local.get $p))))
+    (block $done (loop $spin
+      (br_if $done (i64.ge_s (call $now) (local.get $until)))
+      (br $spin)))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+            (i64.extend_i32_u (local.get $n)))))"""
+
+
+async def test_a_job_longer_than_the_ack_wait_runs_once(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """Held jobs are marked in progress, so a 3 s job under a 1 s ack wait is not
+    redelivered meanwhile (the consumer counts no redelivery; one "start" log line)."""
+    cluster = cluster_factory(coordinator_args=("--job-ack-wait", "1"))
+    client = await cluster.client()
+    starts: list[bytes] = []
+    try:
+        await cluster.allow("slowjob", "clock", "log")
+        await client.deploy(
+            cluster.wat_package(
+                "slowjob",
+                SLOW_WAT,
+                exports=["wait"],
+                permissions=["clock", "log"],
+                limits={"timeout_ms": 10_000},
+            )
+        )
+        sub = await client.nc.subscribe(
+            client.subjects.syscall_logs("slowjob"), cb=_append_to(starts)
+        )
+        cluster.start_worker("w1")
+        cluster.start_worker("w2")
+        job = await client.submit("slowjob", "wait", (3_000_000_000).to_bytes(8, "little"))
+        assert len(await client.result(job, timeout=30)) == 8
+        (stats,) = await client.job_stats()
+        assert stats.redelivered == 0, stats
+
+        async def logged() -> bool:
+            return bool(starts)
+
+        await eventually(logged, 10, "the job's start log line")
+        assert len(starts) == 1, f"the job started {len(starts)} times"
+        assert (await client.job_result(job)).attempts == 1
+        await sub.unsubscribe()
+    finally:
+        await client.close()
+
+
+def _append_to(sink: list[bytes]) -> Callable[[Msg], Awaitable[None]]:
+    async def append(msg: Msg) -> None:
+        sink.append(msg.data)
+
+    return append

@@ -51,8 +51,9 @@ from schemas.subjects import TOKEN_RE, Subjects
 from . import metrics
 from .executor import Executor
 from .hosted import HostedPlugin
-from .pulling import PERMANENT, bind_pull, fetch_some, keep_alive, retry_delay
+from .pulling import PERMANENT, bind_pull, fetch_some, keep_held_alive, retry_delay
 from .runtime import WorkerCaps
+from .syscalls import SyscallBus
 from .tracing import Tracing
 
 log = logging.getLogger("forge.worker.jobs")
@@ -68,6 +69,18 @@ ERR_SUBJECT_FULL = 10077
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _when_released(
+    held: dict[int, Msg], freed: asyncio.Event, keepalive: asyncio.Task[None]
+) -> None:
+    """Cancel ``keepalive`` once no delivery is held any more."""
+    try:
+        while held:
+            freed.clear()
+            await freed.wait()
+    finally:
+        keepalive.cancel()
 
 
 class _JobSlot:
@@ -108,6 +121,7 @@ class JobRunner:
         subjects: Subjects,
         hosted: dict[str, HostedPlugin],
         executor: Executor,
+        syscalls: SyscallBus,
         worker_id: str,
         caps: WorkerCaps,
         backoff_s: tuple[float, ...] = (0.5, 2.0, 5.0),
@@ -118,6 +132,7 @@ class JobRunner:
         self.subjects = subjects
         self.hosted = hosted
         self.executor = executor
+        self.syscalls = syscalls
         self.worker_id = worker_id
         self.caps = caps
         self.backoff_s = backoff_s
@@ -169,6 +184,8 @@ class JobRunner:
             f"jobs:{plugin}",
         )
         freed = self._freed[plugin]
+        held: dict[int, Msg] = {}
+        keepalive = asyncio.create_task(keep_held_alive(held, ack_wait))
         try:
             while True:
                 free = self._free(plugin)
@@ -181,16 +198,21 @@ class JobRunner:
                 metrics.JOBS_FETCHED.labels(plugin).inc(len(msgs))
                 for msg in msgs:
                     self._inflight[plugin] += 1
-                    task = asyncio.create_task(self._run(plugin, msg, max_deliver, ack_wait))
+                    held[id(msg)] = msg
+                    task = asyncio.create_task(self._run(plugin, msg, max_deliver, held))
                     self._jobs.add(task)
                     task.add_done_callback(self._jobs.discard)
         finally:
+            # Jobs already fetched run on after a stop: keep them marked in progress until
+            # the last one is released, then stop the keep-alive loop.
+            closer = asyncio.create_task(_when_released(held, freed, keepalive))
+            self._jobs.add(closer)
+            closer.add_done_callback(self._jobs.discard)
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
     # --- one job -------------------------------------------------------------------
-    async def _run(self, plugin: str, msg: Msg, max_deliver: int, ack_wait: float) -> None:
-        keepalive = asyncio.create_task(keep_alive(msg, ack_wait))
+    async def _run(self, plugin: str, msg: Msg, max_deliver: int, held: dict[int, Msg]) -> None:
         slot = _JobSlot(self._inflight, self._storing, self._freed[plugin], plugin)
         try:
             await self._handle(plugin, msg, max_deliver, slot.called)
@@ -199,7 +221,7 @@ class JobRunner:
             # is redelivered once the ack wait passes.
             log.exception("event=job_failed plugin=%s", plugin)
         finally:
-            keepalive.cancel()
+            held.pop(id(msg), None)
             slot.release()
 
     async def _handle(
@@ -253,6 +275,8 @@ class JobRunner:
                 not_after = time.monotonic() + (job.deadline_ms - now_ms) / 1000
             meta = hv.meta(traceparent=traceparent, not_after=not_after)
             out = await hv.call(self.executor, fn, job.input, meta)
+            if out.logs:
+                await self.syscalls.logs(plugin, version, fn, out.logs, traceparent)
         except ForgeError as e:
             return CallResult.failure(
                 e, plugin=plugin, fn=fn, version=version, worker=self.worker_id

@@ -197,6 +197,7 @@ async def run(settings: WorkerSettings) -> int:
         subjects,
         hosted,
         executor,
+        syscalls,
         settings.worker_id,
         settings.caps,
         settings.job_backoff_s,

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import nats
@@ -89,12 +89,18 @@ async def fetch_some(fetcher: Fetcher, batch: int, wait_s: float, what: str) -> 
         return []
 
 
-async def keep_alive(msg: Msg, ack_wait: float) -> None:
-    """Tell JetStream a delivery is still being worked on, so it is not redelivered."""
+async def keep_held_alive(held: Mapping[int, Msg], ack_wait: float) -> None:
+    """Mark every held delivery in progress well inside the ack wait, so a long call,
+    a backoff or a wait behind a busy key is not mistaken for a dead worker.
+
+    One loop per consumer rather than a task per delivery: creating and cancelling a
+    task per message costs more than the message's own handling on short calls."""
+    period = max(0.2, ack_wait / 3)
     while True:
-        await asyncio.sleep(max(0.5, ack_wait / 3))  # well inside the ack wait
-        with contextlib.suppress(Exception):
-            await msg.in_progress()
+        await asyncio.sleep(period)  # the keep-alive period itself
+        for msg in list(held.values()):
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
 
 class PinnedPull:

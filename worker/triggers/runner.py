@@ -20,6 +20,7 @@ from .. import metrics
 from ..executor import Executor
 from ..hosted import HostedPlugin
 from ..kv_watch import watch_bucket
+from ..pulling import keep_held_alive
 from ..syscalls import SyscallBus
 from ..tracing import Tracing
 from . import core_subject, stream_consumer
@@ -186,7 +187,9 @@ class TriggerRunner:
             b.sub = await core_subject.subscribe(self.events, b)
         else:
             b.loop_task = asyncio.create_task(stream_consumer.pull_loop(self.events, b))
-            b.ticker = asyncio.create_task(stream_consumer.keep_held_alive(b))
+            b.ticker = asyncio.create_task(
+                keep_held_alive(b.held, b.spec.ack_wait_ms / 1000)
+            )
         log.info(
             "event=trigger_bound trigger=%s plugin=%s fn=%s source=%s",
             spec.name,

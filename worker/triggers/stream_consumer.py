@@ -65,17 +65,6 @@ async def pull_loop(h: EventHandler, b: Binding) -> None:
             await fetcher.unsubscribe()
 
 
-async def keep_held_alive(b: Binding) -> None:
-    """Mark every held delivery in progress well inside the ack wait, so a long call,
-    a backoff or a wait behind a busy key is not mistaken for a dead worker."""
-    period = max(0.2, b.spec.ack_wait_ms / 1000 / 3)
-    while True:
-        await asyncio.sleep(period)  # the keep-alive period itself
-        for msg in list(b.held.values()):
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-
 async def stream_event(h: EventHandler, b: Binding, msg: Msg) -> None:
     """One delivery of an unordered stream trigger: ack, retry later (nak) or dead-letter."""
     spec = b.spec
