@@ -8,9 +8,12 @@ marks long jobs in progress so they are not redelivered while it is alive.
 A job that fails every delivery, or fails in a way no retry can fix, goes to
 the dead-letter stream and its caller gets the error as its result.
 
-Free instances bound the jobs that are waiting for or running in a guest; a job
-whose call is done no longer holds one while its result is stored and acked (a
-JetStream round trip), so the next jobs are pulled meanwhile. ``MAX_STORING``
+Free instances bound the jobs that are waiting for or running in a guest
+(``PREFETCH_PER_INSTANCE`` per instance, so that short jobs are pulled in batches
+rather than a few per round trip; a held job is marked in progress, and at most
+the pool's size of them run at once, so a worker that dies re-runs nothing it did
+not start). A job whose call is done no longer counts there while its result is
+stored and acked (a JetStream round trip), so the next jobs are pulled meanwhile. ``MAX_STORING``
 bounds those finished-but-unacked jobs. A worker that dies holding some of them
 loses nothing: they are redelivered, and one whose result was stored is acked
 without running again.
@@ -61,6 +64,8 @@ log = logging.getLogger("forge.worker.jobs")
 #: How long one fetch waits for jobs before checking capacity again.
 FETCH_WAIT_S = 2.0
 MAX_BATCH = 64
+#: Jobs fetched ahead per instance of the plugin's pool.
+PREFETCH_PER_INSTANCE = 4
 #: Most jobs of one plugin whose results are being stored and acked at once.
 MAX_STORING = 256
 #: JetStream's error code for "maximum messages per subject exceeded" (result already stored).
@@ -171,10 +176,13 @@ class JobRunner:
 
     # --- pulling -----------------------------------------------------------------
     def _free(self, plugin: str) -> int:
+        """Jobs to fetch now: 0 until a quarter of the prefetch is free (fetch in batches)."""
         hp = self.hosted.get(plugin)
         if hp is None or self._storing[plugin] >= MAX_STORING:
             return 0
-        return hp.capacity() - self._inflight[plugin]
+        limit = hp.capacity() * PREFETCH_PER_INSTANCE
+        free = limit - self._inflight[plugin]
+        return free if free >= max(1, limit // 4) else 0
 
     async def _loop(self, plugin: str) -> None:
         psub, max_deliver, ack_wait = await bind_pull(
