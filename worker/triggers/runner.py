@@ -187,9 +187,7 @@ class TriggerRunner:
             b.sub = await core_subject.subscribe(self.events, b)
         else:
             b.loop_task = asyncio.create_task(stream_consumer.pull_loop(self.events, b))
-            b.ticker = asyncio.create_task(
-                keep_held_alive(b.held, b.spec.ack_wait_ms / 1000)
-            )
+            b.ticker = asyncio.create_task(keep_held_alive(b.held, b.spec.ack_wait_ms / 1000))
         log.info(
             "event=trigger_bound trigger=%s plugin=%s fn=%s source=%s",
             spec.name,
