@@ -13,7 +13,7 @@ from pathlib import Path
 
 import wasmtime
 from nats.aio.client import Client
-from nats.js.errors import NoKeysError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from nats.micro import add_service
@@ -54,7 +54,7 @@ from schemas.subjects import Subjects
 from schemas.triggers import TRIGGER_REQUESTS
 
 from . import metrics
-from .buckets import ensure_jobs_consumer, ensure_plugin_kv
+from .buckets import bucket_keys, ensure_jobs_consumer, ensure_plugin_kv
 from .policy_store import PolicyStore
 from .registry import WorkerRegistry
 from .settings import JobSettings
@@ -240,12 +240,8 @@ class AdminService:
         return UndeployReply(msg.plugin)
 
     async def _records(self) -> list[DeploymentRecord]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
         out = []
-        for key in keys:
+        for key in await bucket_keys(self.kv):
             try:
                 entry = await self.kv.get(key)
                 out.append(decode(DeploymentRecord, entry.value or b""))

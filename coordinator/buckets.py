@@ -206,3 +206,17 @@ async def ensure_triggers(js: JetStreamContext, subjects: Subjects, replicas: in
         ),
     )
     return kv
+
+
+async def bucket_keys(kv: KeyValue) -> list[str]:
+    """The keys of a KV bucket that hold a value or a delete marker, sorted.
+
+    nats-py's ``KeyValue.keys()`` watches the bucket and can take its end marker
+    before values already on their way (an empty list for a full bucket). The
+    stream's per-subject state, asked for in one request, has no such race. Callers
+    ``get`` each key and skip the deleted ones (``KeyDeletedError`` is a
+    ``NotFoundError``).
+    """
+    prefix = f"$KV.{kv._name}."  # (KeyValue keeps its bucket and stream names private)
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
+    return sorted(s[len(prefix) :] for s in (info.state.subjects or {}))

@@ -6,12 +6,14 @@ import logging
 import time
 from dataclasses import replace
 
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas.codec import DecodeError, decode, encode
 from schemas.errors import NotFound
 from schemas.policy import PolicyRecord
+
+from .buckets import bucket_keys
 
 log = logging.getLogger("forge.coordinator.policy")
 
@@ -21,12 +23,8 @@ class PolicyStore:
         self.kv = kv
 
     async def records(self) -> dict[str, PolicyRecord]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return {}
         out: dict[str, PolicyRecord] = {}
-        for key in keys:
+        for key in await bucket_keys(self.kv):
             try:
                 entry = await self.kv.get(key)
                 out[key] = decode(PolicyRecord, entry.value or b"")

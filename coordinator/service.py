@@ -6,8 +6,6 @@ import asyncio
 import logging
 import signal
 
-from nats.js.errors import NoKeysError
-
 from schemas.subjects import Subjects
 
 from . import metrics
@@ -71,12 +69,8 @@ async def run_coordinator(settings: CoordinatorSettings) -> int:
     async def gauges() -> None:
         while True:
             metrics.WORKERS_ALIVE.set(len(registry.alive()))
-            try:
-                metrics.PLUGINS_DEPLOYED.set(len(await kv.keys()))
-            except NoKeysError:
-                metrics.PLUGINS_DEPLOYED.set(0)
-            except Exception as e:
-                log.debug("event=gauge_update_failed error=%r", e)
+            if placement.deployments.is_synced():  # the watched view of the bucket
+                metrics.PLUGINS_DEPLOYED.set(len(placement.deployments.values))
             try:  # job queue depth per plugin, from the jobs consumers' info
                 metrics.set_job_queues(
                     {s.plugin: (s.pending, s.in_flight) for s in await jobs.stats()}

@@ -60,6 +60,7 @@ from schemas.triggers import (
     template_pattern,
 )
 
+from .buckets import bucket_keys
 from .registry import MISSED_BEATS, WorkerRegistry
 
 log = logging.getLogger("forge.coordinator.triggers")
@@ -177,12 +178,8 @@ class TriggerAdmin:
             raise BadRequest(f"stored trigger {name!r} is malformed: {e}") from None
 
     async def _specs(self) -> list[TriggerSpec]:
-        try:
-            keys = await self.kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
-            return []
         out = []
-        for key in keys:
+        for key in await bucket_keys(self.kv):
             try:
                 out.append((await self._get(key))[0])
             except (NotFound, BadRequest) as e:
