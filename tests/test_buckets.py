@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nats.js.errors import KeyDeletedError
+from nats.js.errors import KeyNotFoundError
 
 from coordinator.buckets import bucket_keys
 from tests.cluster import Cluster
@@ -24,7 +24,7 @@ async def test_bucket_keys_lists_live_and_deleted_keys_at_once(cluster: Cluster)
             try:
                 await kv.get(key)
                 live.append(key)
-            except KeyDeletedError:
+            except KeyNotFoundError:
                 pass
         assert "k07" not in live and len(live) == 49
     finally:
