@@ -213,9 +213,9 @@ async def bucket_keys(kv: KeyValue) -> list[str]:
 
     nats-py's ``KeyValue.keys()`` watches the bucket and can take its end marker
     before values already on their way (an empty list for a full bucket). The
-    stream's per-subject state, asked for in one request, has no such race. Callers
-    ``get`` each key and skip the deleted ones (``KeyDeletedError`` is a
-    ``NotFoundError``).
+    stream's per-subject state, asked for in one request, has no such race. A deleted
+    key keeps its delete marker, so callers ``get`` each key and skip those that raise
+    ``NotFoundError`` (nats-py raises ``KeyNotFoundError`` for a deleted key).
     """
     prefix = f"$KV.{kv._name}."  # (KeyValue keeps its bucket and stream names private)
     info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
