@@ -73,6 +73,8 @@ class ForgeV1Runtime:
                 HOST_MODULE, name, functype(sig.params, sig.results), host.HOST_FUNCS[name]
             )
         self.uses_wasi = any(i.module == WASI_MODULE for i in module.imports)
+        #: Whether guest code can reach a host function (and so needs a CallState).
+        self.imports_host = self.uses_wasi or any(i.module == HOST_MODULE for i in module.imports)
         self.replayable = not self.uses_wasi and not any(
             i.module == HOST_MODULE and i.name in BUS_IMPORTS for i in module.imports
         )
@@ -138,6 +140,7 @@ class ForgeV1Instance:
             self._vals = (wasmtime_val_raw_t * 2)()
             self._trap = ctypes.c_void_p()
             self._trap_ref = ctypes.byref(self._trap)
+            self._quiet_state = CallState(rt.env, self.memory, self._alloc, CallMeta())
             st.alloc = self._alloc
             if rt.has_initialize:
                 try:
@@ -171,12 +174,16 @@ class ForgeV1Instance:
         """One call, following docs/abi.md section 6 step by step."""
         handler = self._handlers[fn]
         memory = self.memory
-        st = CallState(self.rt.env, memory, self._alloc, meta)
+        if self.rt.imports_host:
+            st = CallState(self.rt.env, memory, self._alloc, meta)
+            host.enter(st)
+        else:  # no host function can run: the state is only read back here, never written
+            st = self._quiet_state
+            st.meta = meta
         ctx, v, trap, trap_ref = self._ctx, self._vals, self._trap, self._trap_ref
         c_set_epoch_deadline(ctx, self._ticks(meta.deadline - time.monotonic()))
         if self._fuel is not None:
             self.store.set_fuel(self._fuel)
-        host.enter(st)
         started = time.perf_counter_ns()
         n = len(data)
         error: ForgeError | None = None
@@ -217,7 +224,8 @@ class ForgeV1Instance:
             self.broken = True
             raise
         finally:
-            host.leave()
+            if self.rt.imports_host:
+                host.leave()
             if self._wasi_out is not None:
                 self._drain_wasi(st)
             self.logs = st.logs
