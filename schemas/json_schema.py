@@ -35,7 +35,9 @@ from .messages import (
     ListReply,
     ListRequest,
     LogEvent,
+    PolicyDeleteRequest,
     PolicyListReply,
+    PolicyListRequest,
     PolicySetRequest,
     RollbackRequest,
     RolloutRequest,
@@ -45,6 +47,7 @@ from .messages import (
     WorkersReply,
     WorkersRequest,
 )
+from .policy import PolicyRecord
 from .triggers import (
     TriggerAddRequest,
     TriggerDeadLetter,
@@ -81,8 +84,11 @@ DOCUMENTED: tuple[type[Struct], ...] = (
     WorkersRequest,
     WorkersReply,
     ErrorReply,
-    PolicyListReply,
+    PolicyRecord,
     PolicySetRequest,
+    PolicyDeleteRequest,
+    PolicyListRequest,
+    PolicyListReply,
     RolloutRequest,
     UndeployVersionRequest,
     HistoryRequest,

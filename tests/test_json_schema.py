@@ -14,7 +14,7 @@ from schemas.codec import DecodeError, Message, Struct, from_obj, to_obj
 from schemas.json_schema import DOCUMENTED, JSON_DIR, json_schema, render_all
 from schemas.manifest import Manifest
 from schemas.messages import CallResult, DeploymentRecord, ErrorReply, InvokeRequest
-from tests.test_codec import SAMPLES, sample_manifest, sample_record
+from tests.test_codec import MESSAGE_CLASSES, SAMPLES, sample_manifest, sample_record
 
 REGENERATE = "run `python -m schemas.json_schema` to regenerate schemas/json/ and commit it"
 
@@ -112,6 +112,11 @@ def test_document_describes_every_field(cls: type[Struct]) -> None:
 
 
 # --- realistic instances validate, broken ones do not ---------------------------------------
+
+
+def test_every_message_type_is_documented() -> None:
+    missing = {c.__name__ for c in MESSAGE_CLASSES} - {c.__name__ for c in DOCUMENTED}
+    assert not missing, f"add {sorted(missing)} to schemas.json_schema.DOCUMENTED"
 
 
 def test_every_documented_type_has_an_instance() -> None:
