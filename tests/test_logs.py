@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+from nats.aio.msg import Msg
+
+from schemas.codec import decode
+from schemas.messages import LogEvent
 from tests.cluster import Cluster, eventually
 
 
@@ -94,5 +98,47 @@ async def test_forgeone_top_shows_workers_plugins_rates_and_latency(cluster: Clu
             return r.returncode == 0 and "echo@1.0.0" in out and "w1" in out and "p99" in out
 
         await eventually(shown, 20, "echo@1.0.0 on w1 in `forgeone top --once`")
+    finally:
+        await client.close()
+
+
+#: Logs "ready" from init and "bye" from shutdown.
+LIFECYCLE_WAT = """(module
+  (import "forge" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "ready")
+  (data (i32.const 32) "bye")
+  (func (export "alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "init") (result i32)
+    (call $log (i32.const 1) (i32.const 16) (i32.const 5))
+    i32.const 0)
+  (func (export "shutdown")
+    (call $log (i32.const 1) (i32.const 32) (i32.const 3)))
+  (func (export "run") (param i32 i32) (result i64) i64.const 0))"""
+
+
+async def test_init_and_shutdown_log_lines_are_published(cluster: Cluster) -> None:
+    """What a guest logs in its lifecycle hooks reaches the log subject like a call's lines,
+    with ``init`` / ``shutdown`` as the function."""
+    client = await cluster.client()
+    seen: list[LogEvent] = []
+
+    async def on_log(msg: Msg) -> None:
+        seen.append(decode(LogEvent, msg.data))
+
+    sub = await client.nc.subscribe(client.subjects.syscall_logs("lifecycle"), cb=on_log)
+    try:
+        await cluster.allow("lifecycle", "log")
+        cluster.start_worker("w1")
+        await client.deploy(cluster.wat_package("lifecycle", LIFECYCLE_WAT, permissions=["log"]))
+
+        async def logged(fn: str, text: str) -> bool:
+            return any(e.fn == fn and e.message == text for e in seen)
+
+        await eventually(lambda: logged("init", "ready"), 20, "the init log line")
+        await client.undeploy("lifecycle")
+        await eventually(lambda: logged("shutdown", "bye"), 20, "the shutdown log line")
+        assert all(e.plugin == "lifecycle" and e.version == "1.0.0" for e in seen)
+        await sub.unsubscribe()
     finally:
         await client.close()

@@ -283,20 +283,21 @@ class ForgeV1Instance:
     def close(self, graceful: bool) -> None:
         if graceful and not self.broken and self._shutdown is not None:
             self._arm(LIFECYCLE_TIMEOUT_S)
-            host.enter(
-                CallState(
-                    self.rt.env,
-                    self.memory,
-                    self._alloc,
-                    CallMeta(time.monotonic() + LIFECYCLE_TIMEOUT_S),
-                )
+            st = CallState(
+                self.rt.env,
+                self.memory,
+                self._alloc,
+                CallMeta(time.monotonic() + LIFECYCLE_TIMEOUT_S),
             )
+            host.enter(st)
             try:
                 self._shutdown()
             except GuestTrap:
                 pass
             finally:
                 host.leave()
+                self._drain_wasi(st)
+                self.logs = st.logs  # what shutdown logged, for the pool to hand on
         self.broken = True
         self._handlers = {}
         if self._wasi_out is not None:

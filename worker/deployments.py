@@ -32,6 +32,7 @@ from .hosted import HostedPlugin, HostedVersion
 from .kv_watch import watch_bucket
 from .loader import Loader
 from .policy import PolicyView
+from .syscalls import SyscallBus
 
 log = logging.getLogger("forge.worker.deployments")
 
@@ -63,7 +64,10 @@ class DeploymentWatcher:
         policy: PolicyView,
         assignments: KeyValue | None = None,
         worker_id: str = "",
+        syscalls: SyscallBus | None = None,
     ) -> None:
+        self.syscalls = syscalls
+        """Where the guests' init and shutdown log lines go (None: nowhere)."""
         self.assignments = assignments
         self.worker_id = worker_id
         self._assigned: dict[str, frozenset[str]] = {}
@@ -231,6 +235,7 @@ class DeploymentWatcher:
             if current is not None:
                 self._drain(current)
             hp.versions[entry.version] = hv
+            await self._publish_logs(hv, "init", hv.startup_logs)
             metrics.PLUGINS_LOADED.labels("ready").inc()
             log.info(
                 "event=version_ready plugin=%s version=%s digest=%s",
@@ -279,8 +284,19 @@ class DeploymentWatcher:
                 self._drain(hv)
             log.info("event=undeployed plugin=%s", plugin)
 
+    async def _publish_logs(
+        self, hv: HostedVersion, hook: str, lines: list[tuple[int, str]]
+    ) -> None:
+        if lines and self.syscalls is not None:
+            await self.syscalls.logs(hv.plugin, hv.version, hook, lines, None)
+
     def _drain(self, hv: HostedVersion) -> None:
         metrics.PLUGINS_LOADED.labels("ready").dec()
-        task = asyncio.create_task(hv.drain(self.executor, hv.limits.timeout_ms / 1000 + 1))
+
+        async def drain() -> None:
+            lines = await hv.drain(self.executor, hv.limits.timeout_ms / 1000 + 1)
+            await self._publish_logs(hv, "shutdown", lines)
+
+        task = asyncio.create_task(drain())
         self._background.add(task)
         task.add_done_callback(self._background.discard)

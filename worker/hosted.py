@@ -82,6 +82,8 @@ class HostedVersion:
         self._slots = asyncio.Semaphore(limits.pool_size)
         self.inline = InlinePolicy(runtime.replayable)
         self.stats = CallStats()
+        self.startup_logs: list[tuple[int, str]] = []
+        """What the guests' ``init`` hooks logged while the pool was warmed."""
         # Read when scraped, not updated per call (the call path stays free of metric locks).
         metrics.POOL_INSTANCES.labels(plugin, version, "busy").set_function(
             lambda: self.running - self.waiting
@@ -176,14 +178,16 @@ class HostedVersion:
         out.inline = True
         return out
 
-    async def drain(self, executor: Executor, timeout_s: float) -> None:
-        """Take no new calls, let in-flight ones finish (bounded), then close the pool."""
+    async def drain(self, executor: Executor, timeout_s: float) -> list[tuple[int, str]]:
+        """Take no new calls, let in-flight ones finish (bounded), then close the pool;
+        returns what the guests' ``shutdown`` hooks logged."""
         self.draining = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle_event.wait(), timeout_s)
-        await executor.blocking(self.pool.close)
+        logs = await executor.blocking(self.pool.close)
         metrics.POOL_INSTANCES.remove(self.plugin, self.version, "busy")
         metrics.POOL_INSTANCES.remove(self.plugin, self.version, "idle")
+        return logs
 
     def status(self) -> LoadedPlugin:
         p50, p99 = self.stats.percentiles()

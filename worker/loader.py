@@ -103,7 +103,7 @@ class Loader:
         hosted = HostedVersion(
             plugin, entry.version, entry.digest, pkg.key_id, runtime, limits, env, self.max_queue
         )
-        hosted.pool.warm(self.warm)
+        hosted.startup_logs = hosted.pool.warm(self.warm)
         metrics.INSTANCES_CREATED.labels(plugin, entry.version).inc(hosted.pool.created)
         return hosted
 

@@ -215,6 +215,7 @@ async def run(settings: WorkerSettings) -> int:
         policy,
         assignments,
         settings.worker_id,
+        syscalls,
     )
     beats = Heartbeats(
         nc,

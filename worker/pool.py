@@ -93,11 +93,16 @@ class InstancePool:
             self._idle.append(inst)
         return out
 
-    def close(self) -> None:
-        """Close every idle instance, running each guest's shutdown hook."""
+    def close(self) -> list[tuple[int, str]]:
+        """Close every idle instance, running each guest's shutdown hook; returns the
+        lines those hooks logged."""
+        logs: list[tuple[int, str]] = []
         while self._idle:
             inst = self._idle.pop()
+            inst.logs = []
             try:
                 inst.close(graceful=True)
             except Exception:
                 log.exception("event=shutdown_failed")
+            logs.extend(inst.logs)
+        return logs
