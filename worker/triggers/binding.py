@@ -74,7 +74,14 @@ class Binding:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def hold(self, msg: Msg) -> None:
+        """A stream delivery fetched for this binding: held (kept alive) until released."""
+        self.held[id(msg)] = msg
+        self.counters.in_flight += 1
+
     def release(self, msg: Msg) -> None:
+        """The delivery is settled (or left to the ack wait): room for another."""
+        self.counters.in_flight = max(0, self.counters.in_flight - 1)
         if self.held.pop(id(msg), None) is not None:
             self.freed.set()
 

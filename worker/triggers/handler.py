@@ -19,6 +19,7 @@ from schemas.triggers import SourceKind, TriggerSpec
 from .. import metrics
 from ..executor import Executor
 from ..hosted import HostedPlugin
+from ..pulling import PERMANENT
 from ..syscalls import SyscallBus
 from ..tracing import Tracing
 from .binding import Binding
@@ -51,6 +52,21 @@ class EventHandler:
         self.dead_letters = DeadLetters(self.out, subjects, worker_id)
         if tracing is not None:  # a span per attempt (off by default)
             self.attempt = tracing.trigger(self.attempt)  # type: ignore[method-assign,assignment]
+
+    async def settle(self, b: Binding, msg: Msg, err: ForgeError | None, attempt: int) -> bool:
+        """Ack a stream delivery that was handled, or dead-letter and ack one that failed
+        for good (a permanent error, or its last delivery). False: worth another attempt,
+        which the caller makes its own way (nak, or a retry in place for ordered keys)."""
+        if err is None:
+            await msg.ack()
+            b.finished("ok")
+            return True
+        if err.code in PERMANENT or attempt >= b.spec.max_deliver:
+            await self.dead_letters.send(b, msg, err, attempt)
+            await msg.ack()
+            b.finished("dead_lettered")
+            return True
+        return False
 
     async def attempt(self, b: Binding, msg: Msg, stream_seq: int) -> ForgeError | None:
         """Run the function on the event and publish its output; the error, or None."""

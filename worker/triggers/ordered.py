@@ -13,7 +13,6 @@ from nats.aio.msg import Msg
 
 from schemas.triggers import order_key
 
-from ..pulling import PERMANENT
 from .binding import Binding
 from .handler import EventHandler
 
@@ -53,14 +52,7 @@ async def ordered_event(h: EventHandler, b: Binding, msg: Msg) -> None:
         while True:
             async with b.running:
                 err = await h.attempt(b, msg, md.sequence.stream)
-            if err is None:
-                await msg.ack()
-                b.finished("ok")
-                return
-            if err.code in PERMANENT or attempt >= spec.max_deliver:
-                await h.dead_letters.send(b, msg, err, attempt)
-                await msg.ack()
-                b.finished("dead_lettered")
+            if await h.settle(b, msg, err, attempt):
                 return
             b.finished("retried")
             await asyncio.sleep(spec.retry_delay_s(attempt))  # the retry backoff
@@ -71,4 +63,3 @@ async def ordered_event(h: EventHandler, b: Binding, msg: Msg) -> None:
         log.exception("event=trigger_event_failed trigger=%s", spec.name)
     finally:
         b.release(msg)
-        b.counters.in_flight = max(0, b.counters.in_flight - 1)

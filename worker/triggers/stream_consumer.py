@@ -16,7 +16,7 @@ from nats.js.client import JetStreamContext
 
 from schemas.subjects import TRIGGER_PIN_GROUP
 
-from ..pulling import PERMANENT, PinnedPull, bind_pull, fetch_some
+from ..pulling import PinnedPull, bind_pull, fetch_some
 from .binding import Binding
 from .handler import EventHandler
 from .ordered import enqueue_ordered
@@ -53,8 +53,7 @@ async def pull_loop(h: EventHandler, b: Binding) -> None:
                 continue
             pending.set(msgs[-1].metadata.num_pending)
             for msg in msgs:
-                b.held[id(msg)] = msg
-                b.counters.in_flight += 1
+                b.hold(msg)
                 if spec.ordered_by:
                     enqueue_ordered(h, b, msg)
                 else:
@@ -72,14 +71,7 @@ async def stream_event(h: EventHandler, b: Binding, msg: Msg) -> None:
         md = msg.metadata
         attempt = md.num_delivered
         err = await h.attempt(b, msg, md.sequence.stream)  # b.limit bounds these
-        if err is None:
-            await msg.ack()
-            b.finished("ok")
-        elif err.code in PERMANENT or attempt >= spec.max_deliver:
-            await h.dead_letters.send(b, msg, err, attempt)
-            await msg.ack()
-            b.finished("dead_lettered")
-        else:
+        if not await h.settle(b, msg, err, attempt):
             await msg.nak(delay=spec.retry_delay_s(attempt))
             b.finished("retried")
     except asyncio.CancelledError:
@@ -88,4 +80,3 @@ async def stream_event(h: EventHandler, b: Binding, msg: Msg) -> None:
         log.exception("event=trigger_event_failed trigger=%s", spec.name)
     finally:
         b.release(msg)
-        b.counters.in_flight = max(0, b.counters.in_flight - 1)
