@@ -49,7 +49,7 @@ from schemas.errors import (
 from schemas.manifest import Manifest
 from schemas.policy import Permission
 
-from . import host
+from . import host, wasi
 from .engine import Engines
 from .guest import (
     GuestMemory,
@@ -148,7 +148,7 @@ class ExtismRuntime:
                 linker.define_func(mod, name, functype(sig.params, sig.results), USER_FUNCS[name])
         if self.uses_wasi:
             linker.define_wasi()
-            host.restrict_wasi(linker, manifest.permissions)
+            wasi.restrict_wasi(linker, manifest.permissions)
         self.linker = linker
         # Only pure plugins may run on the event loop and be re-run after an aborted
         # attempt: no WASI, no HTTP, none of ForgeOne's bus functions.
@@ -198,10 +198,10 @@ class ExtismInstance:
             tables=4,
             memories=2,
         )
-        self._wasi_out: host.WasiOutput | None = None
+        self._wasi_out: wasi.WasiOutput | None = None
         if rt.uses_wasi:
-            self._wasi_out = host.WasiOutput()
-            store.set_wasi(host.wasi_config(rt.env.grants, self._wasi_out))
+            self._wasi_out = wasi.WasiOutput()
+            store.set_wasi(wasi.wasi_config(rt.env.grants, self._wasi_out))
         self.store = store
         self._ctx = context_address(store)
         self._fuel = rt.limits.fuel

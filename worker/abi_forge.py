@@ -28,7 +28,7 @@ from schemas.errors import (
 )
 from schemas.manifest import Manifest
 
-from . import host
+from . import host, wasi
 from .engine import Engines
 from .guest import (
     GuestMemory,
@@ -80,7 +80,7 @@ class ForgeV1Runtime:
         )
         if self.uses_wasi:
             linker.define_wasi()
-            host.restrict_wasi(linker, manifest.permissions)
+            wasi.restrict_wasi(linker, manifest.permissions)
         self.pre = linker.instantiate_pre(module)
         exported = {e.name for e in module.exports}
         self.has_initialize = "_initialize" in exported
@@ -107,10 +107,10 @@ class ForgeV1Instance:
             tables=4,
             memories=1,
         )
-        self._wasi_out: host.WasiOutput | None = None
+        self._wasi_out: wasi.WasiOutput | None = None
         if rt.uses_wasi:
-            self._wasi_out = host.WasiOutput()
-            store.set_wasi(host.wasi_config(rt.env.grants, self._wasi_out))
+            self._wasi_out = wasi.WasiOutput()
+            store.set_wasi(wasi.wasi_config(rt.env.grants, self._wasi_out))
         self.store = store
         self._ctx = context_address(store)
         self._ticks = rt.engines.ticks_for

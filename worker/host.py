@@ -1,4 +1,4 @@
-"""Host functions of the ``forge`` module and the bridge they use to reach the bus.
+"""Host functions of the ``forge`` module, and the per-call state they work on.
 
 Host functions run on the guest's thread, inside a guest call. Every pointer
 and length is bounds-checked; every grant is checked at call time (a revoked
@@ -10,20 +10,14 @@ interruption cannot stop time spent in the host. Fire-and-forget ones
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import wasmtime
-from nats.aio.client import Client
-from nats.js.errors import NotFoundError
-from nats.js.kv import KeyValue
 
 from schemas.abi import (
     HOST_DENIED,
@@ -32,21 +26,16 @@ from schemas.abi import (
     HOST_TIMEOUT,
     HOST_TOO_LARGE,
 )
-from schemas.codec import decode, encode
 from schemas.errors import Denied, ForgeError, Timeout, Trap
 from schemas.messages import (
-    HEADER_DEPTH,
-    HEADER_TIMEOUT_MS,
     HEADER_TRACEPARENT,
     MAX_CALL_DEPTH,
-    CallResult,
-    InvokeRequest,
 )
 from schemas.policy import Permission, covers, parse_permission, subject_matches
-from schemas.subjects import TOKEN_RE, Subjects
+from schemas.subjects import TOKEN_RE
 
 from .guest import GuestMemory, GuestTrap, RawFunc
-from .slots import released
+from .host_bridge import HostBridge
 
 T = TypeVar("T")
 
@@ -80,79 +69,6 @@ class Grants:
 
     def granted(self, kind: str) -> list[Permission]:
         return [p for p in self._perms if p.kind == kind]
-
-
-class HostBridge:
-    """How host functions, on guest threads, reach NATS on the worker's event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, nc: Client, subjects: Subjects) -> None:
-        self.loop = loop
-        self.nc = nc
-        self.subjects = subjects
-        self._buckets: dict[str, KeyValue] = {}
-        self._loop_thread = threading.get_ident()  # built on the loop's thread
-
-    def _wait(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
-        if threading.get_ident() == self._loop_thread:
-            coro.close()  # waiting here would block the very loop the answer needs
-            raise RuntimeError("a bus host call cannot wait on the event loop thread")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        with released():  # waiting on the bus is not CPU work
-            try:
-                return fut.result(timeout=max(0.0, timeout_s))
-            except TimeoutError:
-                fut.cancel()
-                raise
-
-    def publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
-        """Fire and forget: schedule the publish and return at once."""
-        asyncio.run_coroutine_threadsafe(self.nc.publish(subject, data, headers=headers), self.loop)
-
-    async def _bucket(self, name: str) -> KeyValue:
-        kv = self._buckets.get(name)
-        if kv is None:
-            kv = await self.nc.jetstream().key_value(self.subjects.kv_bucket(name))
-            self._buckets[name] = kv
-        return kv
-
-    def kv_get(self, bucket: str, key: str, timeout_s: float) -> bytes | None:
-        async def get() -> bytes | None:
-            try:
-                entry = await (await self._bucket(bucket)).get(key)
-            except NotFoundError:
-                return None
-            return entry.value
-
-        return self._wait(get(), timeout_s)
-
-    def kv_put(self, bucket: str, key: str, value: bytes, timeout_s: float) -> None:
-        async def put() -> None:
-            await (await self._bucket(bucket)).put(key, value)
-
-        self._wait(put(), timeout_s)
-
-    def call(
-        self,
-        plugin: str,
-        fn: str,
-        data: bytes,
-        timeout_s: float,
-        depth: int,
-        traceparent: str | None,
-    ) -> CallResult:
-        headers = {HEADER_TIMEOUT_MS: str(max(1, int(timeout_s * 1000))), HEADER_DEPTH: str(depth)}
-        if traceparent:
-            headers[HEADER_TRACEPARENT] = traceparent
-        msg = self._wait(
-            self.nc.request(
-                self.subjects.invoke(plugin, fn),
-                encode(InvokeRequest(data)),
-                timeout=timeout_s,
-                headers=headers,
-            ),
-            timeout_s,
-        )
-        return decode(CallResult, msg.data)
 
 
 @dataclass(slots=True)
@@ -475,81 +391,3 @@ HOST_FUNCS: dict[str, Callable[..., Any]] = {
     "event_subject": host_event_subject,
     "event_header": host_event_header,
 }
-
-
-class WasiOutput:
-    """A guest's WASI stdout and stderr, captured to private files and read back as log lines.
-
-    (wasmtime writes WASI output from its own threads, so a callback could not tell which
-    call the bytes belong to; files read after each call can.)
-    """
-
-    #: Past this many bytes of output, the instance is replaced rather than the file kept.
-    MAX_BYTES = 16 * 1024 * 1024
-
-    def __init__(self) -> None:
-        fd_out, self.stdout_path = tempfile.mkstemp(prefix="forge-wasi-", suffix=".out")
-        fd_err, self.stderr_path = tempfile.mkstemp(prefix="forge-wasi-", suffix=".err")
-        os.close(fd_out)
-        os.close(fd_err)
-        self._offsets = {self.stdout_path: 0, self.stderr_path: 0}
-
-    def drain(self, logs: list[tuple[int, str]]) -> bool:
-        """Append output written since the last drain; False once the files grew too big."""
-        for path, level in ((self.stdout_path, 1), (self.stderr_path, 2)):
-            with open(path, "rb") as f:
-                f.seek(self._offsets[path])
-                data = f.read(MAX_LOG_LINES * MAX_LOG_LINE)
-                self._offsets[path] = f.tell()
-            for line in data.decode("utf-8", "replace").splitlines():
-                if line and len(logs) < MAX_LOG_LINES:
-                    logs.append((level, line[:MAX_LOG_LINE]))
-        return max(self._offsets.values()) < self.MAX_BYTES
-
-    def close(self) -> None:
-        for path in self._offsets:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-# --- WASI preview 1, shared by the ABI adapters ------------------------------------------
-WASI_ENOSYS = 52
-
-
-def _wasi_nosys(*_args: int) -> int:
-    return WASI_ENOSYS
-
-
-def restrict_wasi(linker: wasmtime.Linker, permissions: list[str]) -> None:
-    """Replace WASI calls that would escape a grant or the deadline with ENOSYS stubs.
-
-    ``poll_oneoff`` sleeps in the host, where epoch interruption cannot stop it; clocks
-    and randomness need the same grants as forge.now and forge.random. Call it right
-    after ``linker.define_wasi()``.
-    """
-    linker.allow_shadowing = True
-    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-    stubs = {"poll_oneoff": [i32, i32, i32, i32], "sched_yield": []}
-    if not any(p.startswith("clock") for p in permissions):
-        stubs.update(clock_time_get=[i32, i64, i32], clock_res_get=[i32, i32])
-    if "random" not in permissions:
-        stubs["random_get"] = [i32, i32]
-    for name, params in stubs.items():
-        linker.define_func(
-            "wasi_snapshot_preview1", name, wasmtime.FuncType(params, [i32]), _wasi_nosys
-        )
-    linker.allow_shadowing = False
-
-
-def wasi_config(grants: Grants, output: WasiOutput) -> wasmtime.WasiConfig:
-    """WASI with nothing granted but output: no args, no env, no preopens unless granted."""
-    cfg = wasmtime.WasiConfig()
-    cfg.stdout_file = output.stdout_path
-    cfg.stderr_file = output.stderr_path
-    env = [(p.arg, os.environ[p.arg]) for p in grants.granted("env") if p.arg in os.environ]
-    if env:
-        cfg.env = env
-    for p in grants.granted("fs"):
-        if os.path.isdir(p.arg):
-            cfg.preopen_dir(p.arg, p.arg, fs_mutable=not p.read_only)
-    return cfg

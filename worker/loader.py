@@ -27,7 +27,8 @@ from . import metrics
 from .adapters import make_runtime
 from .compile_cache import CompileCache
 from .engine import Engines
-from .host import Grants, HostBridge, HostEnv
+from .host import Grants, HostEnv
+from .host_bridge import HostBridge
 from .hosted import HostedVersion
 from .policy import PolicyView
 from .runtime import WorkerCaps, effective_limits, engine_settings_for

@@ -25,7 +25,7 @@ from .deployments import DeploymentWatcher
 from .engine import Engines
 from .executor import Executor
 from .heartbeat import Heartbeats
-from .host import HostBridge
+from .host_bridge import HostBridge
 from .hosted import HostedPlugin
 from .invoke import InvokeServer
 from .jobs import JobRunner
