@@ -52,21 +52,22 @@ from schemas.policy import Permission
 from . import host, wasi
 from .engine import Engines
 from .guest import (
+    LIFECYCLE_TIMEOUT_S,
+    WASM_PAGE,
     GuestMemory,
     GuestTrap,
     RawFunc,
     c_set_epoch_deadline,
     context_address,
+    engine_fault,
     functype,
+    trap_cause,
 )
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
 from .slots import released
 
 KERNEL_WAT = Path(__file__).with_name("extism_kernel.wat")
-WASM_PAGE = 65536
-#: Deadline for instantiation plus ``_initialize`` / ``__wasm_call_ctors``.
-LIFECYCLE_TIMEOUT_S = 5.0
 #: Most bytes of vars (keys plus values) one instance may hold.
 MAX_VAR_BYTES = 1024 * 1024
 #: Most bytes of an HTTP response body handed to a guest.
@@ -354,13 +355,9 @@ class ExtismInstance:
         """Map a trap to the typed error a caller sees."""
         if st.fault is not None:
             return st.fault
-        code = e.code
-        if code == wasmtime.TrapCode.INTERRUPT:
-            return Timeout("deadline reached while the guest was running")
-        if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return Timeout(f"fuel budget of {self._fuel} exhausted")
-        if code == wasmtime.TrapCode.STACK_OVERFLOW:
-            return Trap("stack overflow")
+        fault = engine_fault(e, self._fuel)
+        if fault is not None:
+            return fault
         try:
             _, _, _, _, err_off, kernel_full = self.kmem.status()
         except ForgeError:
@@ -370,9 +367,9 @@ class ExtismInstance:
         if kernel_full or (guest is not None and guest.size() + WASM_PAGE > ceiling):
             which = "block memory" if kernel_full else "memory"
             return OutOfMemory(
-                f"{which} ceiling of {ceiling // (1024 * 1024)} MiB reached ({_first_line(str(e))})"
+                f"{which} ceiling of {ceiling // (1024 * 1024)} MiB reached ({trap_cause(str(e))})"
             )
-        message = _first_line(str(e))
+        message = trap_cause(str(e))
         try:  # a PDK often records why before it traps (a Rust panic, an AssemblyScript abort)
             said = self.block(err_off, "error message", 512) if err_off else b""
         except (ForgeError, GuestTrap):
@@ -388,15 +385,6 @@ class ExtismInstance:
         if self._wasi_out is not None:
             self._wasi_out.close()
             self._wasi_out = None
-
-
-def _first_line(message: str) -> str:
-    """wasmtime messages carry a backtrace; callers get the cause."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("wasm trap:"):
-            return ln
-    return lines[-1] if lines else message
 
 
 # --- host functions of extism:host/env ---------------------------------------------------

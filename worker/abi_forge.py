@@ -23,7 +23,6 @@ from schemas.errors import (
     OutputTooLarge,
     PluginError,
     Rejected,
-    Timeout,
     Trap,
 )
 from schemas.manifest import Manifest
@@ -31,21 +30,21 @@ from schemas.manifest import Manifest
 from . import host, wasi
 from .engine import Engines
 from .guest import (
+    LIFECYCLE_TIMEOUT_S,
+    WASM_PAGE,
     GuestMemory,
     GuestTrap,
     RawFunc,
     c_func_call,
     c_set_epoch_deadline,
     context_address,
+    engine_fault,
     functype,
     raise_trap,
+    trap_cause,
 )
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
-
-WASM_PAGE = 65536
-#: Deadline for instantiation (start function) plus ``init``, and for ``shutdown``.
-LIFECYCLE_TIMEOUT_S = 5.0
 
 
 class ForgeV1Runtime:
@@ -266,19 +265,15 @@ class ForgeV1Instance:
         """Map a trap to the typed error a caller sees."""
         if st.fault is not None:
             return st.fault
-        code = e.code
-        if code == wasmtime.TrapCode.INTERRUPT:
-            return Timeout("deadline reached while the guest was running")
-        if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return Timeout(f"fuel budget of {self._fuel} exhausted")
-        if code == wasmtime.TrapCode.STACK_OVERFLOW:
-            return Trap("stack overflow")
+        fault = engine_fault(e, self._fuel)
+        if fault is not None:
+            return fault
         if st.memory is not None and st.memory.size() + WASM_PAGE > self.rt.memory_bytes:
             return OutOfMemory(
                 f"memory ceiling of {self.rt.memory_bytes // (1024 * 1024)} MiB "
-                f"reached ({_first_line(str(e))})"
+                f"reached ({trap_cause(str(e))})"
             )
-        return Trap(_first_line(str(e)))
+        return Trap(trap_cause(str(e)))
 
     def close(self, graceful: bool) -> None:
         if graceful and not self.broken and self._shutdown is not None:
@@ -310,12 +305,3 @@ class ForgeV1Instance:
         sink: list[tuple[int, str]] = st.logs if self.rt.env.grants.granted("log") else []
         if not self._wasi_out.drain(sink):
             self.broken = True
-
-
-def _first_line(message: str) -> str:
-    """wasmtime messages carry a backtrace; callers get the cause."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("wasm trap:"):
-            return ln
-    return lines[-1] if lines else message

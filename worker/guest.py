@@ -19,6 +19,7 @@ import wasmtime
 from wasmtime import _bindings as b
 from wasmtime import _ffi
 
+from schemas.errors import ForgeError, Timeout
 from schemas.errors import Trap as TrapError
 
 
@@ -208,3 +209,30 @@ class GuestMemory:
     def write(self, ptr: int, data: bytes, what: str = "write") -> None:
         if data:
             ctypes.memmove(self.at(ptr, len(data), what), data, len(data))
+
+
+#: Bytes in a WebAssembly page (the unit memories grow by).
+WASM_PAGE = 65536
+#: Deadline for instantiation plus a guest's start-up exports, and for its shutdown.
+LIFECYCLE_TIMEOUT_S = 5.0
+
+
+def engine_fault(e: GuestTrap, fuel: int | None) -> ForgeError | None:
+    """The typed error for a trap the engine itself raised (deadline, fuel, stack), or
+    None when the guest trapped on its own (each ABI looks closer at those)."""
+    if e.code == wasmtime.TrapCode.INTERRUPT:
+        return Timeout("deadline reached while the guest was running")
+    if e.code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return Timeout(f"fuel budget of {fuel} exhausted")
+    if e.code == wasmtime.TrapCode.STACK_OVERFLOW:
+        return TrapError("stack overflow")
+    return None
+
+
+def trap_cause(message: str) -> str:
+    """wasmtime messages carry a backtrace; callers get the cause."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("wasm trap:"):
+            return ln
+    return lines[-1] if lines else message
