@@ -6,8 +6,8 @@ and its functions are ForgeOne's own small wasm module, worker/extism_kernel.wat
 instantiated in each instance's Store beside the guest, so a guest loading
 its input eight bytes at a time stays in compiled code. Only the functions
 that need the host (config, vars, logs, HTTP, ForgeOne's user functions)
-reach Python, where they find their instance and call through thread-locals,
-as forge/1 host functions do.
+reach Python (worker/extism_host.py), where they find their instance and call
+through thread-locals, as forge/1 host functions do.
 
 One call: ``forge_begin(len)`` (a kernel export the guest cannot import)
 empties the block memory and returns the input block, the host copies the
@@ -17,15 +17,12 @@ offset 0 (output offset and length, error block) and copies the output out.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import json
 import struct
 import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import wasmtime
 
@@ -38,18 +35,15 @@ from schemas.abi import (
     WASI_MODULE,
 )
 from schemas.errors import (
-    Denied,
     ForgeError,
     OutOfMemory,
     OutputTooLarge,
     PluginError,
-    Timeout,
     Trap,
 )
 from schemas.manifest import Manifest
-from schemas.policy import Permission
 
-from . import host, wasi
+from . import extism_host, host, wasi
 from .engine import Engines
 from .guest import (
     LIFECYCLE_TIMEOUT_S,
@@ -65,22 +59,8 @@ from .guest import (
 )
 from .host import CallMeta, CallState, HostEnv
 from .runtime import CallLimits, Invocation, engine_settings_for
-from .slots import released
 
 KERNEL_WAT = Path(__file__).with_name("extism_kernel.wat")
-#: Most bytes of vars (keys plus values) one instance may hold.
-MAX_VAR_BYTES = 1024 * 1024
-#: Most bytes of an HTTP response body handed to a guest.
-MAX_HTTP_RESPONSE = 4 * 1024 * 1024
-#: Most bytes of an HTTP request (the JSON description) and of its body.
-MAX_HTTP_REQUEST = 64 * 1024
-MAX_HTTP_BODY = 4 * 1024 * 1024
-#: What ``get_log_level`` answers: Extism's numbering (0 trace ... 4 error), and the
-#: value PDKs read as "logging off".
-LOG_LEVEL_DEBUG = 1
-LOG_LEVEL_OFF = 2**31 - 1
-#: Extism log functions -> ForgeOne levels (0 debug, 1 info, 2 warn, 3 error).
-_LOG_LEVELS = {"log_trace": 0, "log_debug": 0, "log_info": 1, "log_warn": 2, "log_error": 3}
 _STATUS = struct.Struct("<QQQQ")  # output offset, output length, error block, grow refused
 
 _kernel_lock = threading.Lock()
@@ -143,10 +123,14 @@ class ExtismRuntime:
         for mod, name in imports:
             if mod == EXTISM_ENV_MODULE and name in EXTISM_HOST_IMPORTS:
                 sig = EXTISM_HOST_IMPORTS[name]
-                linker.define_func(mod, name, functype(sig.params, sig.results), ENV_FUNCS[name])
+                linker.define_func(
+                    mod, name, functype(sig.params, sig.results), extism_host.ENV_FUNCS[name]
+                )
             elif mod == EXTISM_USER_MODULE and name in EXTISM_USER_IMPORTS:
                 sig = EXTISM_USER_IMPORTS[name]
-                linker.define_func(mod, name, functype(sig.params, sig.results), USER_FUNCS[name])
+                linker.define_func(
+                    mod, name, functype(sig.params, sig.results), extism_host.USER_FUNCS[name]
+                )
         if self.uses_wasi:
             linker.define_wasi()
             wasi.restrict_wasi(linker, manifest.permissions)
@@ -174,9 +158,6 @@ class ExtismRuntime:
 
     def new_instance(self) -> ExtismInstance:
         return ExtismInstance(self)
-
-
-_tls = threading.local()
 
 
 class ExtismInstance:
@@ -267,12 +248,12 @@ class ExtismInstance:
     def _state(self, meta: CallMeta) -> CallState:
         st = CallState(self.rt.env, self.kmem, self._alloc, meta)
         host.enter(st)
-        _tls.inst = self
+        extism_host.current.inst = self
         return st
 
     def _leave(self, st: CallState) -> None:
         host.leave()
-        _tls.inst = None
+        extism_host.current.inst = None
         if self._wasi_out is not None:  # WASI output becomes log lines (with the log grant)
             sink = st.logs if self.rt.env.grants.granted("log") else []
             if not self._wasi_out.drain(sink):
@@ -333,12 +314,29 @@ class ExtismInstance:
                 return text.decode("utf-8", "replace")
         return f"{fn} returned error code {rc}" if rc else f"{fn} set an empty error"
 
+    def length(self, offset: int) -> int:
+        """The length of the kernel block at ``offset`` (0 for a non-block)."""
+        return self._length.call_l_l(offset)
+
     def block(self, offset: int, what: str, cap: int | None = None) -> bytes:
         """The bytes of the kernel block at ``offset`` (b"" for 0 or a non-block)."""
         offset &= 0xFFFFFFFFFFFFFFFF
         if not offset:
             return b""
-        return self.kmem.read(offset, self._length.call_l_l(offset), what, cap)
+        return self.kmem.read(offset, self.length(offset), what, cap)
+
+    def take(self, offset: int, what: str, cap: int, truncate: bool = False) -> bytes:
+        """The bytes of a block the guest handed the host, which then frees it (as
+        Extism's hosts do). Over ``cap`` bytes is a TRAP, or is cut when ``truncate``."""
+        offset &= 0xFFFFFFFFFFFFFFFF
+        if not offset:
+            return b""
+        length = self.length(offset)
+        if length > cap and not truncate:
+            raise Trap(f"{what}: {length} bytes is over the {cap} byte cap")
+        data = self.kmem.read(offset, length, what, cap)
+        self._free(offset)
+        return data
 
     def put(self, data: bytes, what: str) -> int:
         """A new kernel block holding ``data``; its offset (0 for empty data)."""
@@ -385,251 +383,3 @@ class ExtismInstance:
         if self._wasi_out is not None:
             self._wasi_out.close()
             self._wasi_out = None
-
-
-# --- host functions of extism:host/env ---------------------------------------------------
-def _inst() -> tuple[ExtismInstance, CallState]:
-    inst: ExtismInstance | None = getattr(_tls, "inst", None)
-    if inst is None:
-        raise RuntimeError("extism host function called outside a guest call")
-    return inst, host._state()
-
-
-def _take(
-    inst: ExtismInstance, st: CallState, offset: int, what: str, cap: int, truncate: bool = False
-) -> bytes:
-    """The bytes of a block the guest handed the host, which then frees it (as Extism's
-    hosts do). Over ``cap`` bytes fails the call (TRAP), or is cut when ``truncate``."""
-    offset &= 0xFFFFFFFFFFFFFFFF
-    if not offset:
-        return b""
-    try:
-        length = inst._length.call_l_l(offset)
-        if length > cap and not truncate:
-            raise Trap(f"{what}: {length} bytes is over the {cap} byte cap")
-        data = inst.kmem.read(offset, length, what, cap)
-        inst._free(offset)
-        return data
-    except ForgeError as e:
-        raise host._fail(st, e) from None
-
-
-def env_config_get(key: int) -> int:
-    inst, st = _inst()
-    host._require(st, "config")
-    name = _take(inst, st, key, "config_get key", host.MAX_KEY)
-    value = st.env.config.get(name.decode("utf-8", "replace"))
-    if value is None:
-        return 0
-    return inst.put(value.encode(), "config_get")
-
-
-def env_var_get(key: int) -> int:
-    inst, st = _inst()
-    name = _take(inst, st, key, "var_get key", MAX_VAR_BYTES)
-    value = inst.vars.get(name)
-    return inst.put(value, "var_get") if value else 0
-
-
-def env_var_set(key: int, value: int) -> None:
-    inst, st = _inst()
-    name = _take(inst, st, key, "var_set key", MAX_VAR_BYTES)
-    old = inst.vars.pop(name, None)
-    if old is not None:
-        inst.var_bytes -= len(name) + len(old)
-    if not value:
-        return  # var_set(key, 0) removes the var
-    data = _take(inst, st, value, "var_set value", MAX_VAR_BYTES)
-    if inst.var_bytes + len(name) + len(data) > MAX_VAR_BYTES:
-        raise host._fail(
-            st, Trap(f"var_set: vars would exceed the {MAX_VAR_BYTES} byte cap of an instance")
-        )
-    inst.vars[name] = data
-    inst.var_bytes += len(name) + len(data)
-
-
-def _logger(level: int) -> Any:
-    def log(offset: int) -> None:
-        inst, st = _inst()
-        host._require(st, "log")
-        line = _take(inst, st, offset, "log", host.MAX_LOG_LINE, truncate=True)
-        if len(st.logs) < host.MAX_LOG_LINES:
-            st.logs.append((level, line.decode("utf-8", "replace")))
-
-    return log
-
-
-def env_get_log_level() -> int:
-    st = host._state()
-    return LOG_LEVEL_DEBUG if st.env.grants.has(Permission("log")) else LOG_LEVEL_OFF
-
-
-def env_http_request(request: int, body: int) -> int:
-    inst, st = _inst()
-    raw = _take(inst, st, request, "http_request", MAX_HTTP_REQUEST)
-    try:
-        req = json.loads(raw)
-        url = req["url"]
-        method = str(req.get("method") or "GET").upper()
-        headers = {str(k): str(v) for k, v in (req.get("headers") or {}).items()}
-        parts = urlsplit(url)
-        hostname = parts.hostname or ""
-        port = parts.port
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise host._fail(st, Trap(f"http_request: not a valid request: {e}")) from None
-    if parts.scheme not in ("http", "https") or not hostname:
-        raise host._fail(st, Trap(f"http_request: {str(url)[:200]!r} is not an http(s) URL"))
-    wanted = [Permission("http", hostname)]
-    if port is not None:
-        wanted.append(Permission("http", f"{hostname}:{port}"))
-    if not any(st.env.grants.has(p) for p in wanted):
-        raise host._fail(
-            st,
-            Denied(
-                f"{st.env.plugin}: http_request to {hostname} needs the 'http:{hostname}' grant"
-            ),
-        )
-    payload = _take(inst, st, body, "http_request body", MAX_HTTP_BODY) if body else None
-    remaining = st.meta.deadline - time.monotonic() if st.meta.deadline else 5.0
-    if remaining <= 0:
-        raise host._fail(st, Timeout("deadline reached before http_request could start"))
-    try:
-        status, resp_headers, content = _http(
-            st, method, url, headers, payload, remaining, MAX_HTTP_RESPONSE
-        )
-    except TimeoutError:
-        raise host._fail(
-            st, Timeout(f"deadline reached while waiting for {hostname} (http_request)")
-        ) from None
-    except ForgeError as e:
-        raise host._fail(st, e) from None
-    except Exception as e:
-        raise host._fail(
-            st, Trap(f"http_request to {hostname} failed: {type(e).__name__}: {e}")
-        ) from None
-    inst.http_status = status
-    inst.http_headers = json.dumps(resp_headers).encode()
-    return inst.put(content, "http_request response")
-
-
-def _http(
-    st: CallState,
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes | None,
-    timeout_s: float,
-    cap: int,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request through aiohttp, on the worker's event loop when there is one."""
-    coro = _fetch(method, url, headers, body, timeout_s, cap)
-    bridge = st.env.bridge
-    if bridge is None:  # no worker around it (a local run, a bench): a private loop
-        with released():
-            return asyncio.run(coro)
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is bridge.loop:
-        coro.close()
-        raise Trap("http_request cannot wait on the event loop thread")
-    fut = asyncio.run_coroutine_threadsafe(coro, bridge.loop)
-    with released():  # waiting on the network is not CPU work
-        try:
-            return fut.result(timeout=timeout_s + 0.5)
-        except TimeoutError:
-            fut.cancel()
-            raise
-
-
-async def _fetch(
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes | None,
-    timeout_s: float,
-    cap: int,
-) -> tuple[int, dict[str, str], bytes]:
-    import aiohttp
-
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    # No redirects: a redirect to a host without a grant would slip past the policy.
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.request(method, url, headers=headers, data=body, allow_redirects=False) as resp,
-    ):
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(64 * 1024):  # decompressed bytes
-            size += len(chunk)
-            if size > cap:
-                raise Trap(f"http_request: response from {resp.url.host} is over {cap} bytes")
-            chunks.append(chunk)
-        return resp.status, dict(resp.headers.items()), b"".join(chunks)
-
-
-def env_http_status_code() -> int:
-    inst, _ = _inst()
-    return inst.http_status
-
-
-def env_http_headers() -> int:
-    inst, _ = _inst()
-    return inst.put(inst.http_headers, "http_headers") if inst.http_headers else 0
-
-
-ENV_FUNCS: dict[str, Any] = {
-    "config_get": env_config_get,
-    "var_get": env_var_get,
-    "var_set": env_var_set,
-    "http_request": env_http_request,
-    "http_status_code": env_http_status_code,
-    "http_headers": env_http_headers,
-    "get_log_level": env_get_log_level,
-    **{name: _logger(level) for name, level in _LOG_LEVELS.items()},
-}
-
-
-# --- ForgeOne's host functions for Extism guests (extism:host/user) ---------------------
-def _pair(inst: ExtismInstance, offset: int) -> tuple[int, int]:
-    """A block as the (ptr, len) pair forge host functions read (from the block memory)."""
-    offset &= 0xFFFFFFFFFFFFFFFF
-    if not offset:
-        return 0, 0
-    return offset, inst._length.call_l_l(offset)
-
-
-def _block_result(packed: int) -> int:
-    """A forge ``ptr << 32 | len`` result as a block offset; negative codes unchanged."""
-    return packed if packed <= 0 else packed >> 32
-
-
-def user_emit(subject: int, data: int) -> int:
-    inst, _ = _inst()
-    return host.host_emit(*_pair(inst, subject), *_pair(inst, data))
-
-
-def user_kv_get(bucket: int, key: int) -> int:
-    inst, _ = _inst()
-    return _block_result(host.host_kv_get(*_pair(inst, bucket), *_pair(inst, key)))
-
-
-def user_kv_put(bucket: int, key: int, value: int) -> int:
-    inst, _ = _inst()
-    return host.host_kv_put(*_pair(inst, bucket), *_pair(inst, key), *_pair(inst, value))
-
-
-def user_call(plugin: int, fn: int, data: int) -> int:
-    inst, _ = _inst()
-    return _block_result(host.host_call(*_pair(inst, plugin), *_pair(inst, fn), *_pair(inst, data)))
-
-
-USER_FUNCS: dict[str, Any] = {
-    "emit": user_emit,
-    "kv_get": user_kv_get,
-    "kv_put": user_kv_put,
-    "call": user_call,
-}
-
-assert set(ENV_FUNCS) == set(EXTISM_HOST_IMPORTS) and set(USER_FUNCS) == set(EXTISM_USER_IMPORTS)
