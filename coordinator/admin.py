@@ -21,6 +21,20 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
 from schemas.abi import WASM_FEATURES
+from schemas.admin import (
+    ADMIN_REQUESTS,
+    DeployReply,
+    DeployRequest,
+    ErrorReply,
+    ListReply,
+    PluginStatus,
+    PolicyDeleteRequest,
+    PolicyListReply,
+    PolicySetRequest,
+    UndeployReply,
+    UndeployRequest,
+    WorkersReply,
+)
 from schemas.codec import DecodeError, Message, decode, decode_any, encode
 from schemas.errors import (
     BadRequest,
@@ -30,23 +44,7 @@ from schemas.errors import (
     NotFound,
     PackageRejected,
 )
-from schemas.messages import (
-    ADMIN_REQUESTS,
-    DeploymentRecord,
-    DeployReply,
-    DeployRequest,
-    ErrorInfo,
-    ErrorReply,
-    ListReply,
-    PluginStatus,
-    PolicyDeleteRequest,
-    PolicyListReply,
-    PolicySetRequest,
-    UndeployReply,
-    UndeployRequest,
-    VersionEntry,
-    WorkersReply,
-)
+from schemas.messages import DeploymentRecord, ErrorInfo, VersionEntry
 from schemas.package import VerifiedPackage, package_digest, verify_package
 from schemas.policy import effective_grants, missing, parse_permission
 from schemas.signing import TrustStore

@@ -16,9 +16,10 @@ import argparse
 import datetime
 import json
 
+from schemas.admin import DeployReply, HistoryEntry
 from schemas.codec import to_obj
 from schemas.errors import BadRequest
-from schemas.messages import DeploymentRecord, DeployReply, HistoryEntry
+from schemas.messages import DeploymentRecord
 
 from .cli_ops import Bus, WithClient
 from .client import ForgeClient

@@ -17,6 +17,23 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from schemas.admin import (
+    DeployReply,
+    DeployRequest,
+    ErrorReply,
+    HistoryEntry,
+    ListReply,
+    ListRequest,
+    PluginStatus,
+    PolicyDeleteRequest,
+    PolicyListReply,
+    PolicyListRequest,
+    PolicySetRequest,
+    UndeployReply,
+    UndeployRequest,
+    WorkersReply,
+    WorkersRequest,
+)
 from schemas.codec import DecodeError, Message, decode, decode_any, encode
 from schemas.errors import (
     BadRequest,
@@ -34,24 +51,9 @@ from schemas.messages import (
     HEADER_TRACEPARENT,
     HEADER_VERSION,
     CallResult,
-    DeployReply,
-    DeployRequest,
-    ErrorReply,
     Heartbeat,
-    HistoryEntry,
     InvokeRequest,
     JobResult,
-    ListReply,
-    ListRequest,
-    PluginStatus,
-    PolicyDeleteRequest,
-    PolicyListReply,
-    PolicyListRequest,
-    PolicySetRequest,
-    UndeployReply,
-    UndeployRequest,
-    WorkersReply,
-    WorkersRequest,
 )
 from schemas.package import package_digest
 from schemas.policy import PolicyRecord

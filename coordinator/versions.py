@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from schemas.admin import HistoryEntry
 from schemas.errors import BadRequest, NotFound
-from schemas.messages import DeploymentRecord, HistoryEntry, VersionEntry
+from schemas.messages import DeploymentRecord, VersionEntry
 
 #: Versions one deployment may hold at once (each is a loaded, warm pool on every worker).
 MAX_VERSIONS = 8

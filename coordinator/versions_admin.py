@@ -32,10 +32,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from schemas.codec import DecodeError, Message, decode, encode
-from schemas.errors import BadRequest, Denied, InternalError, NotFound, Unavailable
-from schemas.messages import (
-    DeploymentRecord,
+from schemas.admin import (
     DeployReply,
     HistoryEntry,
     HistoryReply,
@@ -43,8 +40,10 @@ from schemas.messages import (
     RollbackRequest,
     RolloutRequest,
     UndeployVersionRequest,
-    VersionEntry,
 )
+from schemas.codec import DecodeError, Message, decode, encode
+from schemas.errors import BadRequest, Denied, InternalError, NotFound, Unavailable
+from schemas.messages import DeploymentRecord, VersionEntry
 from schemas.policy import effective_grants, missing, parse_permission
 from schemas.subjects import Subjects
 

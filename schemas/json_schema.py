@@ -16,25 +16,14 @@ import typing
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from .codec import DEFAULT_MAX_STR, Message, Struct, hints
-from .manifest import Manifest
-from .messages import (
-    Assignment,
-    CallResult,
-    DeadLetter,
-    DeploymentRecord,
+from .admin import (
     DeployReply,
     DeployRequest,
     ErrorReply,
-    Heartbeat,
     HistoryReply,
     HistoryRequest,
-    InvokeRequest,
-    JobRequest,
-    JobResult,
     ListReply,
     ListRequest,
-    LogEvent,
     PolicyDeleteRequest,
     PolicyListReply,
     PolicyListRequest,
@@ -46,6 +35,19 @@ from .messages import (
     UndeployVersionRequest,
     WorkersReply,
     WorkersRequest,
+)
+from .codec import DEFAULT_MAX_STR, Message, Struct, hints
+from .manifest import Manifest
+from .messages import (
+    Assignment,
+    CallResult,
+    DeadLetter,
+    DeploymentRecord,
+    Heartbeat,
+    InvokeRequest,
+    JobRequest,
+    JobResult,
+    LogEvent,
 )
 from .policy import PolicyRecord
 from .triggers import (

@@ -49,10 +49,11 @@ from coordinator.auth import (
 from coordinator.client import ForgeClient
 from coordinator.embedded_nats import MAX_PAYLOAD, NatsServer, free_port
 from coordinator.gateway import Gateway, GatewayConfig
+from schemas.admin import DeployRequest
 from schemas.codec import decode, encode, from_obj
 from schemas.credentials import connect_options
 from schemas.errors import BadRequest, Denied, PluginNotFound
-from schemas.messages import DeployRequest, LogEvent
+from schemas.messages import LogEvent
 from schemas.package import package_digest
 from schemas.signing import TrustStore, generate_key, save_private_key
 from schemas.subjects import Subjects

@@ -18,9 +18,33 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import schemas.admin as admin
 import schemas.codec as codec
 import schemas.messages as messages
+import schemas.policy as policy
 import schemas.triggers as triggers
+from schemas.admin import (
+    DeployReply,
+    DeployRequest,
+    ErrorReply,
+    HistoryEntry,
+    HistoryReply,
+    HistoryRequest,
+    ListReply,
+    ListRequest,
+    PluginStatus,
+    PolicyDeleteRequest,
+    PolicyListReply,
+    PolicyListRequest,
+    PolicySetRequest,
+    RollbackRequest,
+    RolloutRequest,
+    UndeployReply,
+    UndeployRequest,
+    UndeployVersionRequest,
+    WorkersReply,
+    WorkersRequest,
+)
 from schemas.codec import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_STR,
@@ -41,34 +65,14 @@ from schemas.messages import (
     CallResult,
     DeadLetter,
     DeploymentRecord,
-    DeployReply,
-    DeployRequest,
     ErrorInfo,
-    ErrorReply,
     Heartbeat,
-    HistoryEntry,
-    HistoryReply,
-    HistoryRequest,
     InvokeRequest,
     JobRequest,
     JobResult,
-    ListReply,
-    ListRequest,
     LoadedPlugin,
     LogEvent,
-    PluginStatus,
-    PolicyDeleteRequest,
-    PolicyListReply,
-    PolicyListRequest,
-    PolicySetRequest,
-    RollbackRequest,
-    RolloutRequest,
-    UndeployReply,
-    UndeployRequest,
-    UndeployVersionRequest,
     VersionEntry,
-    WorkersReply,
-    WorkersRequest,
 )
 from schemas.policy import PolicyRecord
 from schemas.triggers import (
@@ -100,7 +104,7 @@ FUZZ = settings(
 MESSAGE_CLASSES: tuple[type[Message], ...] = tuple(
     dict.fromkeys(
         cls
-        for module in (messages, triggers)
+        for module in (messages, admin, policy, triggers)
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if issubclass(cls, Message) and cls is not Message
     )

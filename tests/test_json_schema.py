@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from schemas.admin import ErrorReply
 from schemas.codec import DecodeError, Message, Struct, from_obj, to_obj
 from schemas.json_schema import DOCUMENTED, JSON_DIR, json_schema, render_all
 from schemas.manifest import Manifest
-from schemas.messages import CallResult, DeploymentRecord, ErrorReply, InvokeRequest
+from schemas.messages import CallResult, DeploymentRecord, InvokeRequest
 from tests.test_codec import MESSAGE_CLASSES, SAMPLES, sample_manifest, sample_record
 
 REGENERATE = "run `python -m schemas.json_schema` to regenerate schemas/json/ and commit it"

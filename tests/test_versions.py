@@ -19,9 +19,10 @@ from coordinator.versions import (
     share,
     takes_all,
 )
+from schemas.admin import HistoryEntry
 from schemas.errors import BadRequest, NotFound
 from schemas.manifest import Manifest
-from schemas.messages import DeploymentRecord, HistoryEntry, VersionEntry
+from schemas.messages import DeploymentRecord, VersionEntry
 
 NOW = 1_717_171_717_000
 
