@@ -62,7 +62,7 @@ from schemas.triggers import TriggerReply, TriggerSpec, TriggerStatus
 
 from .connection import connect
 from .jobs_client import Jobs, JobStats
-from .triggers_admin import TriggerClient
+from .triggers_client import TriggerClient
 from .versions_admin import VersionsClient
 
 #: Extra time the client waits beyond the call's own deadline, so that the

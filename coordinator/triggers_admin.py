@@ -27,13 +27,10 @@ import dataclasses
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -43,7 +40,6 @@ from schemas.subjects import TRIGGER_PIN_GROUP, Subjects, js_consumer_create
 from schemas.triggers import (
     SourceKind,
     TriggerAddRequest,
-    TriggerCounters,
     TriggerListReply,
     TriggerListRequest,
     TriggerPauseRequest,
@@ -53,7 +49,6 @@ from schemas.triggers import (
     TriggerResumeRequest,
     TriggerShowRequest,
     TriggerSpec,
-    TriggerStats,
     TriggerStatus,
     parse_start,
     patterns_overlap,
@@ -61,7 +56,8 @@ from schemas.triggers import (
 )
 
 from .buckets import bucket_keys
-from .registry import MISSED_BEATS, WorkerRegistry
+from .registry import WorkerRegistry
+from .trigger_stats import TriggerStatsView
 
 log = logging.getLogger("forge.coordinator.triggers")
 
@@ -69,69 +65,9 @@ log = logging.getLogger("forge.coordinator.triggers")
 MAX_ACK_PENDING = 20_000
 #: Far enough in the future to mean "until resumed".
 PAUSED_UNTIL = "2999-12-31T23:59:59Z"
-#: Worker incarnations whose counters are remembered after they stop reporting.
-MAX_INCARNATIONS = 512
 NS = 1_000_000_000
 
 Handler = Callable[[Message], Awaitable[Message]]
-
-
-class TriggerStatsView:
-    """Per-trigger counters summed over worker incarnations, from their stats messages."""
-
-    def __init__(self) -> None:
-        self._seen: OrderedDict[tuple[str, int], tuple[TriggerStats, float]] = OrderedDict()
-        self._sub: Subscription | None = None
-
-    async def start(self, nc: Client, subjects: Subjects) -> None:
-        self._sub = await nc.subscribe(subjects.trigger_stats_all(), cb=self._on_stats)
-
-    async def _on_stats(self, msg: Msg) -> None:
-        try:
-            stats = decode(TriggerStats, msg.data)
-        except DecodeError as e:
-            log.warning("event=bad_trigger_stats subject=%s error=%s", msg.subject, e)
-            return
-        self.record(stats)
-
-    def record(self, stats: TriggerStats) -> None:
-        key = (stats.worker_id, stats.started_at_ms)
-        self._seen[key] = (stats, time.monotonic())
-        self._seen.move_to_end(key)
-        while len(self._seen) > MAX_INCARNATIONS:
-            self._seen.popitem(last=False)
-
-    def _alive(self, stats: TriggerStats, at: float) -> bool:
-        return not stats.stopping and (
-            time.monotonic() - at <= MISSED_BEATS * stats.interval_ms / 1000
-        )
-
-    def aggregate(self, name: str) -> tuple[TriggerCounters, list[str]]:
-        """Summed counters of trigger ``name`` (rate of live workers only) and the live
-        workers bound to it."""
-        total = TriggerCounters(name=name)
-        bound: list[str] = []
-        latest_error_at = -1
-        for stats, at in self._seen.values():
-            alive = self._alive(stats, at)
-            for c in stats.triggers:
-                if c.name != name:
-                    continue
-                total = dataclasses.replace(
-                    total,
-                    events=total.events + c.events,
-                    ok=total.ok + c.ok,
-                    errors=total.errors + c.errors,
-                    dead_lettered=total.dead_lettered + c.dead_lettered,
-                    in_flight=total.in_flight + (c.in_flight if alive else 0),
-                    rate_per_s=total.rate_per_s + (c.rate_per_s if alive else 0.0),
-                )
-                if c.last_error and stats.sent_at_ms > latest_error_at:
-                    latest_error_at = stats.sent_at_ms
-                    total = dataclasses.replace(total, last_error=c.last_error)
-                if alive and c.bound:
-                    bound.append(stats.worker_id)
-        return total, sorted(set(bound))
 
 
 class TriggerAdmin:
@@ -429,41 +365,3 @@ class TriggerAdmin:
                 )
         log.info("event=trigger_removed trigger=%s", spec.name)
         return TriggerRemoved(spec.name)
-
-
-# --- the client side ---------------------------------------------------------------------------
-AdminCall = Callable[[str, Message, type[Message]], Awaitable[Message]]
-
-
-class TriggerClient:
-    """What ``ForgeClient``'s trigger methods delegate to (typed admin requests)."""
-
-    def __init__(self, admin: AdminCall) -> None:
-        self._admin = admin
-
-    async def add(self, spec: TriggerSpec) -> TriggerReply:
-        reply = await self._admin("trigger_add", TriggerAddRequest(spec), TriggerReply)
-        assert isinstance(reply, TriggerReply)
-        return reply
-
-    async def list(self) -> list[TriggerStatus]:
-        reply = await self._admin("trigger_list", TriggerListRequest(), TriggerListReply)
-        assert isinstance(reply, TriggerListReply)
-        return reply.triggers
-
-    async def _status(self, op: str, req: Message) -> TriggerStatus:
-        reply = await self._admin(op, req, TriggerReply)
-        assert isinstance(reply, TriggerReply)
-        return reply.status
-
-    async def show(self, name: str) -> TriggerStatus:
-        return await self._status("trigger_show", TriggerShowRequest(name))
-
-    async def pause(self, name: str) -> TriggerStatus:
-        return await self._status("trigger_pause", TriggerPauseRequest(name))
-
-    async def resume(self, name: str) -> TriggerStatus:
-        return await self._status("trigger_resume", TriggerResumeRequest(name))
-
-    async def remove(self, name: str) -> None:
-        await self._admin("trigger_rm", TriggerRemoveRequest(name), TriggerRemoved)
