@@ -19,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from .auth_roles import (
     role_permissions,
     uniq,
 )
+from .cli_common import fail
 from .settings import env_default
 
 __all__ = [
@@ -279,8 +279,7 @@ def cmd_auth_init(a: argparse.Namespace) -> int:
             gateway_config=Path(a.gateway_config) if a.gateway_config else None,
         )
     except (FileExistsError, ValueError, OSError) as e:
-        print(f"forgeone: auth init: {e}", file=sys.stderr)
-        return 1
+        return fail(f"auth init: {e}")
     print(f"wrote {paths[0]} (nats-server users for: {', '.join(ROLES)})")
     for p in paths[1:]:
         print(f"wrote {p} (mode 0600)")

@@ -15,88 +15,21 @@ from typing import Any
 
 import uvloop
 
-from schemas.codec import DecodeError, to_obj
-from schemas.errors import ForgeError, PackageRejected
-from schemas.manifest import manifest_from_source
-from schemas.package import build_package, package_digest, verify_package
-from schemas.signing import (
-    TrustStore,
-    generate_key,
-    key_id,
-    load_private_key,
-    save_private_key,
-)
+from schemas.codec import to_obj
+from schemas.errors import ForgeError
+from schemas.package import package_digest
 
 from .auth import add_auth_commands
+from .cli_common import fail
 from .cli_ops import add_ops_commands
+from .cli_packages import add_package_commands
 from .cli_triggers import add_trigger_commands
 from .cli_versions import add_version_commands, deploy_line, record_line, weights_text
 from .client import ForgeClient
-from .extism_manifest import add_extism_pack_arguments, cmd_pack_extism
 from .placement import mib, short_reason
 from .settings import CoordinatorSettings, JobSettings, env_default
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
-
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"forgeone: {message}", file=sys.stderr)
-    return code
-
-
-# --- offline commands ------------------------------------------------------------
-def cmd_keygen(a: argparse.Namespace) -> int:
-    out = Path(a.out)
-    if out.exists() and not a.force:
-        return _fail(f"{out} exists (use --force to overwrite)")
-    key = generate_key()
-    save_private_key(key, out)
-    trust_path = Path(a.trust)
-    trust = TrustStore.load(trust_path) if trust_path.exists() else TrustStore()
-    trust.with_key(key.public_key(), a.name).save(trust_path)
-    print(f"key {key_id(key.public_key())} written to {out}; trusted in {trust_path}")
-    return 0
-
-
-def cmd_pack(a: argparse.Namespace) -> int:
-    if a.extism_manifest:
-        return cmd_pack_extism(a)
-    if not a.manifest or not a.wasm:
-        return _fail("pack needs --manifest and --wasm (or --extism-manifest)")
-    try:
-        source = json.loads(Path(a.manifest).read_text())
-        wasm = Path(a.wasm).read_bytes()
-        manifest = manifest_from_source(source, wasm)
-    except (OSError, ValueError, DecodeError) as e:
-        return _fail(f"cannot pack: {e}")
-    key = load_private_key(Path(a.key))
-    data = build_package(manifest, wasm, key)
-    try:  # refuse to write a package no worker would load
-        verify_package(data, TrustStore().with_key(key.public_key()))
-    except PackageRejected as e:
-        return _fail(f"package would be rejected: {e.message}")
-    out = Path(a.out or f"{manifest.name}-{manifest.version}.forgepkg")
-    out.write_bytes(data)
-    print(
-        f"packed {manifest.name}@{manifest.version} -> {out} ({len(data)} bytes, "
-        f"signed by {key_id(key.public_key())})"
-    )
-    return 0
-
-
-def cmd_verify(a: argparse.Namespace) -> int:
-    try:
-        data = Path(a.package).read_bytes()
-        trust = TrustStore.load(Path(a.trust))
-        pkg = verify_package(data, trust)
-    except (OSError, ValueError) as e:
-        return _fail(str(e))
-    except PackageRejected as e:
-        return _fail(f"REJECTED: {e.message}")
-    m = pkg.manifest
-    print(f"OK {m.name}@{m.version} abi={m.abi} signed-by={pkg.key_id} digest={pkg.digest}")
-    print(f"   exports: {', '.join(m.exports)}; permissions: {', '.join(m.permissions) or '-'}")
-    return 0
 
 
 # --- commands that talk to the cluster ---------------------------------------------
@@ -257,28 +190,6 @@ async def cmd_jobs(a: argparse.Namespace) -> int:
     return await _with_client(a, body)
 
 
-def cmd_new(a: argparse.Namespace) -> int:
-    from .scaffold import scaffold
-
-    try:
-        root = scaffold(a.name, a.lang, Path(a.dir))
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        return _fail(str(e))
-    print(
-        f"created {root}: `python {root / 'build.py'}` builds it, "
-        f"`python -m pytest {root}` tests it"
-    )
-    return 0
-
-
-def cmd_run(a: argparse.Namespace) -> int:
-    """Hand over to the worker's local runner in its own process (the worker package is
-    not imported here: coordinator and worker stay apart)."""
-    import subprocess
-
-    return subprocess.call([sys.executable, "-m", "worker.run_local", *a.rest])
-
-
 def cmd_coordinator(a: argparse.Namespace) -> int:
     from .service import run_coordinator
 
@@ -358,26 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     trust_default = env_default("FORGE_TRUST", "trust.json")
-
-    s = sub.add_parser("keygen", help="create a signing key and trust it")
-    s.add_argument("--out", default="signing.key", help="private key file to write")
-    s.add_argument("--trust", default=trust_default, help="trust store to add the key to")
-    s.add_argument("--name", default="", help="who holds the key")
-    s.add_argument("--force", action="store_true")
-    s.set_defaults(func=cmd_keygen)
-
-    s = sub.add_parser("pack", help="build and sign a .forgepkg")
-    s.add_argument("--manifest", help="the plugin's forge.json")
-    s.add_argument("--wasm", help="the compiled module (with --extism-manifest: a local copy)")
-    s.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
-    s.add_argument("-o", "--out", help="output file (default NAME-VERSION.forgepkg)")
-    add_extism_pack_arguments(s)
-    s.set_defaults(func=cmd_pack)
-
-    s = sub.add_parser("verify", help="check a package against a trust store")
-    s.add_argument("package")
-    s.add_argument("--trust", default=trust_default)
-    s.set_defaults(func=cmd_verify)
+    add_package_commands(sub, trust_default)
 
     s = bus(sub.add_parser("deploy", help="upload and deploy a package"))
     s.add_argument("package")
@@ -395,18 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("plugin")
     s.add_argument("--version", help="remove only this version (it must take no traffic)")
     s.set_defaults(func=cmd_undeploy)
-
-    s = sub.add_parser("new", help="scaffold a plugin project with a build script and a test")
-    s.add_argument("name")
-    s.add_argument("--lang", choices=["wat", "c", "assemblyscript"], default="wat")
-    s.add_argument("--dir", default=".", help="parent folder of the new project")
-    s.set_defaults(func=cmd_new)
-
-    s = sub.add_parser(
-        "run", add_help=False, help="run a plugin locally through the worker's runtime (no cluster)"
-    )
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_run)
 
     s = bus(sub.add_parser("list", help="deployed plugins and where they run"))
     s.add_argument("--json", action="store_true")
@@ -510,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
             result = uvloop.run(result)
         code = int(result or 0)
     except ForgeError as e:
-        code = _fail(str(e))
+        code = fail(str(e))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

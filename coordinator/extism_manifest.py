@@ -19,7 +19,6 @@ function) supply them.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -27,7 +26,6 @@ import json
 import math
 import posixpath
 import re
-import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,6 @@ from schemas.abi import (
     EXTISM_INIT_EXPORTS,
 )
 from schemas.codec import DecodeError, from_obj
-from schemas.errors import PackageRejected
 from schemas.manifest import (
     ABI_EXTISM_V1,
     FUNCTION_PATTERN,
@@ -48,8 +45,7 @@ from schemas.manifest import (
     RESERVED_EXPORTS,
     Manifest,
 )
-from schemas.package import MAX_WASM_BYTES, build_package, verify_package
-from schemas.signing import TrustStore, key_id, load_private_key
+from schemas.package import MAX_WASM_BYTES
 from schemas.wasm_shape import WasmShapeError, read_shape
 
 WASM_PAGE = 65536
@@ -251,66 +247,3 @@ def convert(
     except (DecodeError, ValueError) as e:
         raise ExtismManifestError(str(e)) from None
     return Conversion(manifest, wasm, {str(k): str(v) for k, v in config.items()}, notes)
-
-
-# --- the command line ----------------------------------------------------------------
-def add_extism_pack_arguments(pack: argparse.ArgumentParser) -> None:
-    """The ``forgeone pack`` options for an Extism manifest."""
-    g = pack.add_argument_group("from an Extism manifest (instead of --manifest)")
-    g.add_argument("--extism-manifest", metavar="JSON", help="an Extism manifest to convert")
-    g.add_argument("--name", help="plugin name (default: the module's file name)")
-    g.add_argument("--version", default="1.0.0", help="plugin version (default 1.0.0)")
-    g.add_argument(
-        "--export",
-        action="append",
-        dest="exports",
-        metavar="FN",
-        help="a handler to expose (repeatable; default: every () -> i32 / () -> () export)",
-    )
-    g.add_argument(
-        "--permission",
-        action="append",
-        dest="permissions",
-        default=[],
-        metavar="P",
-        help="an extra permission to request, e.g. kv:state for extism:host/user kv_get",
-    )
-
-
-def cmd_pack_extism(a: argparse.Namespace) -> int:
-    """``forgeone pack --extism-manifest M --key K [--wasm W] [-o OUT]``."""
-    try:
-        conv = convert(
-            Path(a.extism_manifest),
-            name=a.name,
-            version=a.version,
-            exports=a.exports,
-            permissions=a.permissions,
-            wasm_path=Path(a.wasm) if a.wasm else None,
-        )
-    except (OSError, ExtismManifestError) as e:
-        print(f"forgeone: cannot pack: {e}", file=sys.stderr)
-        return 1
-    key = load_private_key(Path(a.key))
-    data = build_package(conv.manifest, conv.wasm, key)
-    try:  # refuse to write a package no worker would load
-        verify_package(data, TrustStore().with_key(key.public_key()))
-    except PackageRejected as e:
-        print(f"forgeone: package would be rejected: {e.message}", file=sys.stderr)
-        return 1
-    m = conv.manifest
-    out = Path(a.out or f"{m.name}-{m.version}.forgepkg")
-    out.write_bytes(data)
-    print(
-        f"packed {m.name}@{m.version} (abi extism/1) -> {out} ({len(data)} bytes, "
-        f"signed by {key_id(key.public_key())})"
-    )
-    print(f"   exports: {', '.join(m.exports)}; permissions: {', '.join(m.permissions) or '-'}")
-    if m.limits.timeout_ms != 5000 or m.limits.memory_mb != 64:
-        print(f"   limits: timeout_ms={m.limits.timeout_ms} memory_mb={m.limits.memory_mb}")
-    if conv.config:
-        flags = " ".join(f"--config {k}={v}" for k, v in sorted(conv.config.items()))
-        print(f"   config belongs to the deployment: forgeone deploy {out} {flags}")
-    for note in conv.notes:
-        print(f"   note: {note}")
-    return 0

@@ -24,13 +24,9 @@ import pytest
 import wasmtime
 from nats.aio.msg import Msg
 
+from coordinator.cli_packages import add_extism_pack_arguments, cmd_pack_extism
 from coordinator.client import ForgeClient
-from coordinator.extism_manifest import (
-    ExtismManifestError,
-    add_extism_pack_arguments,
-    cmd_pack_extism,
-    convert,
-)
+from coordinator.extism_manifest import ExtismManifestError, convert
 from coordinator.logs import read_logs
 from schemas.errors import (
     Denied,
