@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import wasmtime  # noqa: E402
 
+from bench.perf import chained_wat, grow_wasm  # noqa: E402
 from schemas.policy import Caps  # noqa: E402
 from schemas.wasm_shape import read_shape  # noqa: E402
 from tests.cluster import manifest_for  # noqa: E402
@@ -152,38 +153,24 @@ def bench_calls(label: str, wasm: bytes, calls: int, reps: int, rows: list[dict[
 
 def big_extism_wat(functions: int, ops: int) -> str:
     """An Extism-ABI module with ``functions`` chained arithmetic functions and an echo."""
-    parts = [
-        "(module",
-        '(import "extism:host/env" "input_length" (func $input_length (result i64)))',
-        '(import "extism:host/env" "input_offset" (func $input_offset (result i64)))',
-        '(import "extism:host/env" "output_set" (func $output_set (param i64 i64)))',
-        '(memory (export "memory") 1)',
-    ]
-    instrs = ("i32.add", "i32.mul", "i32.xor", "i32.sub")
-    for i in range(functions):
-        body = ["local.get 0"]
-        for k in range(ops):
-            body.append(f"i32.const {100_000 + (i * 7919 + k * 104_729) % 900_000}")
-            body.append(instrs[(i + k) % len(instrs)])
-        if i:
-            body.append(f"call $f{i - 1}")
-        parts.append(f"(func $f{i} (param i32) (result i32) {' '.join(body)})")
-    parts.append(
+    return chained_wat(
+        [
+            '(import "extism:host/env" "input_length" (func $input_length (result i64)))',
+            '(import "extism:host/env" "input_offset" (func $input_offset (result i64)))',
+            '(import "extism:host/env" "output_set" (func $output_set (param i64 i64)))',
+            '(memory (export "memory") 1)',
+        ],
         '(func (export "run") (result i32)'
         " (drop (call $f0 (i32.wrap_i64 (call $input_length))))"
-        " (call $output_set (call $input_offset) (call $input_length)) (i32.const 0))"
+        " (call $output_set (call $input_offset) (call $input_length)) (i32.const 0))",
+        functions,
+        ops,
     )
-    parts.append(")")
-    return "\n".join(parts)
 
 
-def big_wasm(min_bytes: int, functions: int = 3000) -> bytes:
-    ops = max(1, min_bytes // (functions * 5))
-    while True:
-        wasm = bytes(wasmtime.wat2wasm(big_extism_wat(functions, ops)))
-        if len(wasm) >= min_bytes:
-            return wasm
-        ops += max(1, (min_bytes - len(wasm)) // (functions * 5) + 1)
+def big_wasm(min_bytes: int) -> bytes:
+    """An Extism-ABI module of at least ``min_bytes``."""
+    return grow_wasm(big_extism_wat, min_bytes)
 
 
 def bench_cold(reps: int, rows: list[dict[str, Any]]) -> int:

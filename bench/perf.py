@@ -467,13 +467,11 @@ def cpu_wat(iterations: int) -> str:
     (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 4))))"""
 
 
-def big_wat(functions: int, ops: int) -> str:
-    """A valid forge/1 module of ``functions`` arithmetic functions plus an echo handler."""
-    parts = [
-        "(module",
-        '(memory (export "memory") 1)',
-        '(func (export "alloc") (param i32) (result i32) i32.const 1024)',
-    ]
+def chained_wat(head: list[str], run: str, functions: int, ops: int) -> str:
+    """A module of ``head`` (imports, memory...), ``functions`` chained arithmetic
+    functions of ``ops`` operations each, and ``run`` (the export that calls the chain):
+    its size is set by the two numbers (about 5 bytes per operation)."""
+    parts = ["(module", *head]
     instrs = ("i32.add", "i32.mul", "i32.xor", "i32.sub")
     for i in range(functions):
         body = ["local.get 0"]
@@ -483,24 +481,39 @@ def big_wat(functions: int, ops: int) -> str:
         if i:
             body.append(f"call $f{i - 1}")  # a chain, so nothing is trivially dead
         parts.append(f"(func $f{i} (param i32) (result i32) {' '.join(body)})")
-    parts.append(
-        '(func (export "run") (param $p i32) (param $n i32) (result i64) '
-        "(drop (call $f0 (local.get $n))) "
-        "(i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) "
-        "(i64.extend_i32_u (local.get $n))))"
-    )
-    parts.append(")")
+    parts += [run, ")"]
     return "\n".join(parts)
 
 
-def big_wasm(min_bytes: int, functions: int = 3000) -> bytes:
-    """A forge/1 module of at least ``min_bytes`` (about 5 bytes per arithmetic op)."""
+def grow_wasm(make_wat: Callable[[int, int], str], min_bytes: int, functions: int = 3000) -> bytes:
+    """The module ``make_wat(functions, ops)`` with the fewest ops that reach ``min_bytes``."""
     ops = max(1, min_bytes // (functions * 5))
     while True:
-        wasm = bytes(wasmtime.wat2wasm(big_wat(functions, ops)))
+        wasm = bytes(wasmtime.wat2wasm(make_wat(functions, ops)))
         if len(wasm) >= min_bytes:
             return wasm
         ops += max(1, (min_bytes - len(wasm)) // (functions * 5) + 1)
+
+
+def big_wat(functions: int, ops: int) -> str:
+    """A valid forge/1 module of ``functions`` arithmetic functions plus an echo handler."""
+    return chained_wat(
+        [
+            '(memory (export "memory") 1)',
+            '(func (export "alloc") (param i32) (result i32) i32.const 1024)',
+        ],
+        '(func (export "run") (param $p i32) (param $n i32) (result i64) '
+        "(drop (call $f0 (local.get $n))) "
+        "(i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) "
+        "(i64.extend_i32_u (local.get $n))))",
+        functions,
+        ops,
+    )
+
+
+def big_wasm(min_bytes: int) -> bytes:
+    """A forge/1 module of at least ``min_bytes``."""
+    return grow_wasm(big_wat, min_bytes)
 
 
 def worker_limits(manifest: Manifest) -> CallLimits:
