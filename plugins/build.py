@@ -13,10 +13,12 @@ plugin is skipped with a message where ``npm`` is missing). The outputs are
 ``DIR/<name>.wasm`` and ``DIR/<name>.forge.json`` (default DIR: plugins/build/).
 A plugin is rebuilt only when an input is newer than its output. Each built
 module is checked against the manifest and its ABI, forge/1 or extism/1
-(imports, exports, signatures, enabled wasm features) before it is written.
+(imports, exports, signatures, enabled wasm features), with the same checks a
+deploy runs (schemas/abi.py), before it is written.
 
 Importing this file has no side effects; tests call :func:`build_all`.
-Only the standard library, plus wasmtime, ziglang and npm when building, is used.
+Besides the project's own schemas/ (beside plugins/), only the standard library,
+plus wasmtime, ziglang and npm when building, is used.
 """
 
 from __future__ import annotations
@@ -58,44 +60,6 @@ SIMPLE_PERMISSIONS = {"log", "clock", "random", "config"}
 SCOPED_PERMISSIONS = {"publish", "kv", "call", "fs", "env", "http"}
 RESERVED_EXPORTS = {"memory", "alloc", "dealloc", "init", "shutdown", "_start", "_initialize"}
 
-# Host imports, module "forge": name -> (params, results). Mirrors
-# schemas/abi.py FORGE_V1_IMPORTS (this script uses only the standard library).
-HOST_IMPORTS: dict[str, tuple[list[str], list[str]]] = {
-    "log": (["i32", "i32", "i32"], []),
-    "set_error": (["i32", "i32"], []),
-    "reject": (["i32", "i32"], []),
-    "now": ([], ["i64"]),
-    "random": (["i32", "i32"], ["i32"]),
-    "config_get": (["i32", "i32"], ["i64"]),
-    "emit": (["i32", "i32", "i32", "i32"], ["i32"]),
-    "kv_get": (["i32", "i32", "i32", "i32"], ["i64"]),
-    "kv_put": (["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
-    "call": (["i32", "i32", "i32", "i32", "i32", "i32"], ["i64"]),
-    "event_subject": ([], ["i64"]),
-    "event_header": (["i32", "i32"], ["i64"]),
-}
-# The permission kind the manifest must request to import a host function
-# (schemas/abi.py IMPORT_PERMISSIONS).
-IMPORT_PERMISSIONS = {
-    "log": "log",
-    "now": "clock",
-    "random": "random",
-    "config_get": "config",
-    "emit": "publish",
-    "kv_get": "kv",
-    "kv_put": "kv",
-    "call": "call",
-}
-WASI_MODULE = "wasi_snapshot_preview1"
-# Optional exports with a fixed type: name -> (params, results)
-OPTIONAL_EXPORTS: dict[str, tuple[list[str], list[str]]] = {
-    "dealloc": (["i32", "i32"], []),
-    "init": ([], ["i32"]),
-    "shutdown": ([], []),
-    "_initialize": ([], []),
-}
-ALLOC_TYPE = (["i32"], ["i32"])
-HANDLER_TYPE = (["i32", "i32"], ["i64"])
 
 # wasm features the forge/1 host enables (docs/abi.md). The C compiler is
 # pinned to a subset so that a newer toolchain default (e.g. extended-const)
@@ -257,27 +221,11 @@ def _wasmtime() -> Any:
 
 
 def forge_engine() -> Any:
-    """A wasmtime Engine with exactly the wasm features forge/1 enables."""
+    """A wasmtime Engine with exactly the wasm features the workers enable."""
     wasmtime = _wasmtime()
+    features = _schemas().abi.WASM_FEATURES
     cfg = wasmtime.Config()
-    for attr, value in [
-        ("wasm_bulk_memory", True),
-        ("wasm_multi_value", True),
-        ("wasm_reference_types", True),
-        ("wasm_simd", True),
-        ("wasm_relaxed_simd", False),
-        ("wasm_threads", False),
-        ("wasm_memory64", False),
-        ("wasm_multi_memory", False),
-        ("wasm_gc", False),
-        ("wasm_function_references", False),
-        ("wasm_exceptions", False),
-        ("wasm_tail_call", False),
-        ("wasm_component_model", False),
-        ("wasm_wide_arithmetic", False),
-        ("wasm_custom_page_sizes", False),
-        ("wasm_stack_switching", False),
-    ]:
+    for attr, value in features.items():
         if hasattr(cfg, attr):
             setattr(cfg, attr, value)
     return wasmtime.Engine(cfg)
@@ -371,140 +319,37 @@ def compile_as(plugin: Plugin, tmp_dir: Path) -> bytes:
     return build_assemblyscript(plugin.directory, "index.ts", tmp_dir / f"{plugin.name}.wasm")
 
 
-def _sig(func_type: Any) -> tuple[list[str], list[str]]:
-    return [str(p) for p in func_type.params], [str(r) for r in func_type.results]
+def _schemas() -> Any:
+    """The project's contracts (schemas/, beside plugins/ in the checkout), imported on
+    first use so that importing this file stays free of side effects."""
+    root = str(PLUGINS_DIR.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import schemas.abi
+    import schemas.manifest
+    import schemas.wasm_shape
 
-
-def _fmt(sig: tuple[list[str], list[str]]) -> str:
-    return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
+    return schemas
 
 
 def check_module(wasm: bytes, manifest: dict[str, Any], engine: Any = None) -> None:
-    """Check a compiled module against the forge/1 ABI and its manifest.
-
-    Raises BuildError listing every problem found.
-    """
+    """Check a compiled module against its manifest and ABI (forge/1 or extism/1) with
+    the checks a deploy runs (schemas/abi.py), after wasmtime's own validation with the
+    workers' wasm features. Raises BuildError listing every problem found."""
     wasmtime = _wasmtime()
-    engine = engine or forge_engine()
+    sch = _schemas()
     try:
-        module = wasmtime.Module(engine, wasm)
+        wasmtime.Module.validate(engine or forge_engine(), wasm)
     except Exception as e:
         raise BuildError(
             f"not a valid {manifest.get('abi', ABI)} module (wasm features or validation): {e}"
         ) from e
-    if manifest.get("abi") == "extism/1":
-        return check_extism_module(module, manifest)
-    problems: list[str] = []
-    kinds = {p.partition(":")[0] for p in manifest.get("permissions", [])}
-    for imp in module.imports:
-        what = f"import {imp.module}.{imp.name}"
-        if imp.module == WASI_MODULE and isinstance(imp.type, wasmtime.FuncType):
-            continue  # WASI preview 1: linked by the host with nothing granted by default
-        if imp.module != "forge" or imp.name not in HOST_IMPORTS:
-            problems.append(f"{what} is not provided by the host")
-        elif not isinstance(imp.type, wasmtime.FuncType):
-            problems.append(f"{what} must be a function")
-        elif _sig(imp.type) != HOST_IMPORTS[imp.name]:
-            problems.append(
-                f"{what} has type {_fmt(_sig(imp.type))}, expected {_fmt(HOST_IMPORTS[imp.name])}"
-            )
-        elif (kind := IMPORT_PERMISSIONS.get(imp.name)) is not None and kind not in kinds:
-            wanted = kind if kind in SIMPLE_PERMISSIONS else f"{kind}:..."
-            problems.append(f'{what} needs a "{wanted}" permission in forge.json')
-    exports = {e.name: e.type for e in module.exports}
-    mem = exports.get("memory")
-    if not isinstance(mem, wasmtime.MemoryType):
-        problems.append('must export its memory as "memory"')
-    elif mem.is_64 or mem.is_shared:
-        problems.append("memory must be a 32-bit, non-shared memory")
-    expected: dict[str, tuple[list[str], list[str]]] = {"alloc": ALLOC_TYPE}
-    expected.update({h: HANDLER_TYPE for h in manifest.get("exports", [])})
-    for name, sig in expected.items():
-        t = exports.get(name)
-        if t is None:
-            problems.append(f"missing export {name!r}")
-        elif not isinstance(t, wasmtime.FuncType) or _sig(t) != sig:
-            problems.append(f"export {name!r} must be a function {_fmt(sig)}")
-    for name, sig in OPTIONAL_EXPORTS.items():
-        t = exports.get(name)
-        if t is not None and (not isinstance(t, wasmtime.FuncType) or _sig(t) != sig):
-            problems.append(f"export {name!r} must be a function {_fmt(sig)}")
-    if problems:
-        raise BuildError("; ".join(problems))
-
-
-# extism/1 imports: name -> (params, results). Mirrors schemas/abi.py
-# EXTISM_KERNEL_IMPORTS + EXTISM_HOST_IMPORTS (module extism:host/env) and
-# EXTISM_USER_IMPORTS (module extism:host/user).
-_P = (["i64"], [])
-EXTISM_IMPORTS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
-    "extism:host/env": {
-        "alloc": (["i64"], ["i64"]),
-        "free": _P,
-        "length": (["i64"], ["i64"]),
-        "length_unsafe": (["i64"], ["i64"]),
-        "load_u8": (["i64"], ["i32"]),
-        "load_u64": (["i64"], ["i64"]),
-        "store_u8": (["i64", "i32"], []),
-        "store_u64": (["i64", "i64"], []),
-        "input_length": ([], ["i64"]),
-        "input_offset": ([], ["i64"]),
-        "input_load_u8": (["i64"], ["i32"]),
-        "input_load_u64": (["i64"], ["i64"]),
-        "output_set": (["i64", "i64"], []),
-        "error_set": _P,
-        "config_get": (["i64"], ["i64"]),
-        "var_get": (["i64"], ["i64"]),
-        "var_set": (["i64", "i64"], []),
-        "http_request": (["i64", "i64"], ["i64"]),
-        "http_status_code": ([], ["i32"]),
-        "http_headers": ([], ["i64"]),
-        **{f"log_{level}": _P for level in ("trace", "debug", "info", "warn", "error")},
-        "get_log_level": ([], ["i32"]),
-    },
-    "extism:host/user": {
-        "emit": (["i64", "i64"], ["i64"]),
-        "kv_get": (["i64", "i64"], ["i64"]),
-        "kv_put": (["i64", "i64", "i64"], ["i64"]),
-        "call": (["i64", "i64", "i64"], ["i64"]),
-    },
-}
-EXTISM_PERMISSIONS = {
-    **{f"log_{level}": "log" for level in ("trace", "debug", "info", "warn", "error")},
-    "config_get": "config",
-    "http_request": "http",
-    "emit": "publish",
-    "kv_get": "kv",
-    "kv_put": "kv",
-    "call": "call",
-}
-EXTISM_HANDLER_TYPES = (([], ["i32"]), ([], []))
-
-
-def check_extism_module(module: Any, manifest: dict[str, Any]) -> None:
-    """Check a compiled module against the extism/1 ABI and its manifest."""
-    wasmtime = _wasmtime()
-    problems: list[str] = []
-    kinds = {p.partition(":")[0] for p in manifest.get("permissions", [])}
-    for imp in module.imports:
-        what = f"import {imp.module}.{imp.name}"
-        if imp.module == WASI_MODULE and isinstance(imp.type, wasmtime.FuncType):
-            continue
-        want = EXTISM_IMPORTS.get(imp.module, {}).get(imp.name or "")
-        if want is None or not isinstance(imp.type, wasmtime.FuncType):
-            problems.append(f"{what} is not provided by the host")
-        elif _sig(imp.type) != want:
-            problems.append(f"{what} has type {_fmt(_sig(imp.type))}, expected {_fmt(want)}")
-        elif (kind := EXTISM_PERMISSIONS.get(imp.name or "")) is not None and kind not in kinds:
-            wanted = kind if kind in SIMPLE_PERMISSIONS else f"{kind}:..."
-            problems.append(f'{what} needs a "{wanted}" permission in forge.json')
-    exports = {e.name: e.type for e in module.exports}
-    for name in manifest.get("exports", []):
-        t = exports.get(name)
-        if t is None:
-            problems.append(f"missing export {name!r}")
-        elif not isinstance(t, wasmtime.FuncType) or _sig(t) not in EXTISM_HANDLER_TYPES:
-            problems.append(f"export {name!r} must be a function () -> (i32) or () -> ()")
+    try:
+        m = sch.manifest.manifest_from_source(manifest, wasm)
+        shape = sch.wasm_shape.read_shape(wasm)
+    except (ValueError, sch.wasm_shape.WasmShapeError) as e:  # DecodeError is a ValueError
+        raise BuildError(str(e)) from e
+    problems = sch.abi.check_abi(m, shape)
     if problems:
         raise BuildError("; ".join(problems))
 
